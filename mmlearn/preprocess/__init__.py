@@ -1,0 +1,31 @@
+"""Preprocessing of images, text and audio (chapter 2).
+
+The functions live in three modules — :mod:`mmlearn.preprocess.image`, :mod:`.text`,
+:mod:`.audio` — and are re-exported here, so ``mmlearn.preprocess.stft`` works. The re-export is
+lazy: each name is imported from its module the first time it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> module that defines it (each chapter-2 module adds its public names to its own tuple)
+_IMAGE = ("normalize", "standardize", "to_grayscale", "otsu_threshold", "binarize", "resize_bilinear")
+_TEXT = ("WordTokenizer", "CharTokenizer", "BPETokenizer", "Vocab", "remove_stopwords", "pad_sequences")
+_AUDIO = ("resample", "frame", "stft", "mel_filterbank", "log_mel_spectrogram", "mfcc")
+
+_WHERE = {**{n: "image" for n in _IMAGE}, **{n: "text" for n in _TEXT}, **{n: "audio" for n in _AUDIO}}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    if name in ("image", "text", "audio"):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
