@@ -54,7 +54,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable, *, device: t
         inputs, target = _split(batch, device)
         output = model(*inputs)
         n = len(target)
-        totals["loss"] += float(loss_fn(output, target)) * n
+        totals["loss"] += loss_fn(output, target).item() * n
         for name, fn in (metrics or {}).items():
             totals[name] += float(fn(output, target)) * n
         count += n
@@ -75,10 +75,11 @@ def _train_epoch(model, loader, loss_fn, optimizer, device, scheduler, history, 
         optimizer.step()                         # 3. update
         if scheduler is not None:
             scheduler.step()
-        history.step_loss.append(float(loss))
-        total, count = total + float(loss) * len(target), count + len(target)
+        value = loss.detach().item()
+        history.step_loss.append(value)
+        total, count = total + value * len(target), count + len(target)
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{value:.4f}")
     return total / max(count, 1)
 
 

@@ -28,7 +28,7 @@ def show_images(images: torch.Tensor, titles: Sequence[str] | None = None, *, nc
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            img = images[i].detach().float().cpu().clamp(0, 1).permute(1, 2, 0)
+            img = images[i].detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
             ax.imshow(img.squeeze(-1), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
             if titles is not None:
                 ax.set_title(titles[i], fontsize=8)

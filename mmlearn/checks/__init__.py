@@ -107,6 +107,12 @@ def check(label: str, answer: Any) -> bool:
 
 # ---- helpers for writing checks ----------------------------------------------------------------
 
+def fresh_generator() -> torch.Generator:
+    """A torch.Generator with a fresh random seed: new cases on every call, without touching (and so
+    without breaking the determinism of) the global RNG the notebook seeded."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+
 def _describe(x: Any) -> str:
     if isinstance(x, torch.Tensor):
         return f"tensor of shape {tuple(x.shape)}, dtype {x.dtype}"

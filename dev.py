@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""One entry point for readers, authors and CI; needs only python3 (3.10+).
+
+    python3 dev.py book          build the book (every notebook executed; cached) and print index.html
+    python3 dev.py test          lint, hygiene, unit tests and notebook execution
+    python3 dev.py book --force  strict build with an empty execution cache (what CI runs)
+    python3 dev.py browser-test  open every built page in Chromium (needs `dev.py book` first)
+    python3 dev.py lab           JupyterLab on the notebooks
+    python3 dev.py student       student notebooks in student/, solutions in solutions/
+    python3 dev.py grade DIR     grade submitted notebooks; writes grades/grades.csv
+    python3 dev.py strip         remove outputs from the committed notebooks
+
+The first command creates .venv and installs requirements.txt and mmlearn (editable) into it;
+later commands reuse it (it is refreshed when requirements.txt changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".requirements.sha256"
+
+
+def run(*cmd: str | Path, env: dict | None = None, check: bool = True) -> int:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    code = subprocess.call([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})})
+    if check and code != 0:
+        sys.exit(code)
+    return code
+
+
+def ensure_env() -> None:
+    """Create .venv and install the pinned requirements + mmlearn (editable), once per requirements.txt."""
+    if sys.version_info < (3, 10):
+        sys.exit(f"python >= 3.10 is required, this is {sys.version.split()[0]}")
+    digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
+    if PY.exists() and STAMP.exists() and STAMP.read_text() == digest:
+        return
+    start = time.perf_counter()
+    if not PY.exists():
+        run(sys.executable, "-m", "venv", VENV)
+    run(PY, "-m", "pip", "install", "--quiet", "-r", "requirements.txt")
+    run(PY, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".")
+    STAMP.write_text(digest)
+    print(f"environment ready in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def book(force: bool = False) -> None:
+    if force:
+        shutil.rmtree(ROOT / "_build", ignore_errors=True)
+    start = time.perf_counter()
+    run(BIN / "jupyter-book", "build", ".", "-W", "-n", "--keep-going")
+    print(f"book built in {time.perf_counter() - start:.0f} s")
+    print(f"open: {ROOT / '_build' / 'html' / 'index.html'}")
+
+
+def test(extra: list[str]) -> None:
+    run(BIN / "ruff", "check", "mmlearn", "tests", "notebooks", "tools", "benchmarks", "dev.py")
+    run(PY, "tools/nbclean.py", "--check", *sorted(str(p) for p in (ROOT / "notebooks").glob("*.ipynb")))
+    run(PY, "-m", "pytest", "-m", "not browser", "-n", "2", "--dist", "loadgroup", "-q", *extra)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return
+    command, rest = argv[0], argv[1:]
+    ensure_env()
+    if command == "setup":
+        return
+    if command == "book":
+        book(force="--force" in rest)
+    elif command == "test":
+        test(rest)
+    elif command == "browser-test":
+        run(PY, "-m", "pytest", "-m", "browser", "-q", "-p", "no:xdist", *rest)
+    elif command == "lab":
+        run(BIN / "jupyter", "lab", "notebooks")
+    elif command == "student":
+        run(PY, "tools/classroom.py", "student", *rest)
+    elif command == "grade":
+        run(PY, "tools/classroom.py", "grade", *rest)
+    elif command == "strip":
+        run(PY, "tools/nbclean.py", *sorted(str(p) for p in (ROOT / "notebooks").glob("*.ipynb")))
+    else:
+        sys.exit(f"unknown command {command!r}; try: python3 dev.py --help")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,141 @@
+"""Checks for the exercises of chapter 4 (notebooks/04_fusion_*.ipynb)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+
+
+def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def _sizes(gen: torch.Generator, n: int, low: int = 1, high: int = 6) -> list[int]:
+    return [int(v) for v in torch.randint(low, high, (n,), generator=gen)]
+
+
+@register("ex-ch04-tensor-fusion",
+          hint="Append a column of ones to each modality, take the outer product per sample, then flatten it.")
+def _check_tensor_fusion(tensor_fusion) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        B, d_a, d_b = _sizes(gen, 3)
+        x_a, x_b = _randn(gen, B, d_a), _randn(gen, B, d_b)
+        one = torch.ones(B, 1, dtype=torch.float64)
+        a1, b1 = torch.cat([x_a, one], 1), torch.cat([x_b, one], 1)
+        expected = (a1[:, :, None] * b1[:, None, :]).reshape(B, -1)
+        what = f"case {case}: x_a {tuple(x_a.shape)}, x_b {tuple(x_b.shape)}"
+        got = tensor_fusion(x_a, x_b)
+        if isinstance(got, torch.Tensor) and got.shape == (B, d_a * d_b):
+            raise CheckFailed(f"{what}: got shape {tuple(got.shape)} — the appended 1 is missing, so the "
+                              f"unimodal terms are lost; expected {(B, (d_a + 1) * (d_b + 1))}")
+        expect_close(got, expected, what=what, atol=1e-10)
+
+
+@register("ex-ch04-lowrank-params",
+          hint="Each modality m has one factor of shape (rank, d_m + 1, out_dim); add the bias of size out_dim.")
+def _check_lowrank_params(n_params) -> None:
+    from mmlearn.fusion import LowRankFusion
+
+    gen = fresh_generator()
+    for case in range(5):
+        M = int(torch.randint(2, 5, (1,), generator=gen))
+        dims = _sizes(gen, M, 1, 40)
+        out_dim, rank = _sizes(gen, 2, 1, 17)
+        expected = sum(p.numel() for p in LowRankFusion(dims, out_dim, rank=rank).parameters())
+        expect_equal(n_params(tuple(dims), out_dim, rank), expected,
+                     what=f"case {case}: in_dims={tuple(dims)}, out_dim={out_dim}, rank={rank}")
+
+
+@register("ex-ch04-best-additive",
+          hint="Write the four inequalities for the corners and add the two with label 1, then the two with label 0.")
+def _check_best_additive(answer) -> None:
+    expect_number(answer, 0.75, what="best accuracy of an additive rule on the four XOR corners", tol=0.01)
+
+
+def _xor_2d(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x_a, x_b = torch.randn(2, n, 1, generator=gen)
+    return x_a, x_b, (x_a[:, 0] * x_b[:, 0] > 0).long()
+
+
+@register("ex-ch04-interaction-feature",
+          hint="Which single number, computed from x_a and x_b together, has the same sign for every point of a class?")
+def _check_interaction_feature(phi) -> None:
+    gen = fresh_generator()
+    x_a, x_b, y = _xor_2d(gen, 800)
+    feats = phi(x_a, x_b)
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != 800:
+        raise CheckFailed(f"phi must return a (B, k) tensor, got {getattr(feats, 'shape', type(feats))}")
+    if not torch.isfinite(feats).all():
+        raise CheckFailed("phi returned non-finite values")
+    feats = feats.double()
+    design = torch.cat([feats, torch.ones(len(feats), 1, dtype=torch.float64)], 1)     # [phi, 1]
+    target = 2.0 * y[:400, None].double() - 1                                          # labels as -1 / +1
+    w = torch.linalg.lstsq(design[:400], target).solution                              # least-squares linear probe
+    acc = ((design[400:] @ w)[:, 0] > 0).long().eq(y[400:]).double().mean().item()
+    if acc < 0.9:
+        raise CheckFailed(f"a linear classifier on your features reaches only {acc:.2f} test accuracy on fresh "
+                          f"2-D XOR data (need >= 0.90): your features are still (nearly) additive")
+
+
+@register("ex-ch04-emap",
+          hint="Mean of row i, plus mean of column i, minus the mean of the whole matrix.")
+def _check_emap(emap_scores) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        N = _sizes(gen, 1, 2, 12)[0]
+        F = _randn(gen, N, N)
+        expected = F.mean(1) + F.mean(0) - F.mean()
+        expect_close(emap_scores(F), expected, what=f"case {case}: F of shape {(N, N)}", atol=1e-10)
+    g, h = _randn(gen, 6), _randn(gen, 6)
+    additive = g[:, None] + h[None, :]
+    expect_close(emap_scores(additive), g + h, what="an additive F[i, j] = g_i + h_j must be left unchanged",
+                 atol=1e-10)
+
+
+@register("ex-ch04-pool-concat",
+          hint="Average the feature map over its two spatial axes (H, W), then concatenate with the text vector.")
+def _check_pool_concat(pool_concat) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        B, C, H, W, D = _sizes(gen, 5)
+        fmap, text = _randn(gen, B, C, H, W), _randn(gen, B, D)
+        expected = torch.cat([fmap.mean(dim=(2, 3)), text], 1)
+        expect_close(pool_concat(fmap, text), expected,
+                     what=f"case {case}: feature map {(B, C, H, W)}, text {(B, D)}", atol=1e-10)
+
+
+class _Source004(nn.Module):
+    """The model of source article 004: linear encoders, additive fusion, linear decoder."""
+
+    def __init__(self, text_dim: int, image_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.text_encoder = nn.Linear(text_dim, hidden_dim)
+        self.image_encoder = nn.Linear(image_dim, hidden_dim)
+        self.decoder = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.text_encoder(text) + self.image_encoder(image))
+
+
+@register("ex-ch04-collapse-linear",
+          hint="Substitute the encoders into the decoder; collect what multiplies t, what multiplies i, the constants.")
+def _check_collapse(collapse) -> None:
+    gen = fresh_generator()
+    for case in range(3):
+        d_t, d_i, h, o = _sizes(gen, 4, 1, 8)
+        model = _Source004(d_t, d_i, h, o).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(_randn(gen, *p.shape))
+        W, b = collapse(model)
+        t, i = _randn(gen, 5, d_t), _randn(gen, 5, d_i)
+        what = f"case {case}: text_dim={d_t}, image_dim={d_i}, hidden={h}, out={o}"
+        if not isinstance(W, torch.Tensor) or W.shape != (o, d_t + d_i):
+            raise CheckFailed(f"{what}: W must have shape {(o, d_t + d_i)} (acting on [text; image]), "
+                              f"got {getattr(W, 'shape', type(W))}")
+        with torch.no_grad():
+            expect_close(torch.cat([t, i], 1) @ W.T + b, model(t, i), what=f"{what}: W [t; i] + b vs the model",
+                         atol=1e-8)

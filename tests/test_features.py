@@ -1,0 +1,309 @@
+"""Tests of mmlearn.features: every from-scratch piece against its torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.testing import assert_close
+
+from mmlearn import features as mf
+
+F64 = torch.float64
+
+
+# ---- convolution ----------------------------------------------------------------------------------
+
+@st.composite
+def conv_case(draw):
+    """A random (x shape, weight shape, stride, padding) whose kernel fits the padded input."""
+    B, C, C_out = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 9))
+    W = draw(st.integers(max(1, kw - 2 * pw), 9))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return (B, C, H, W), (C_out, C, kh, kw), stride, (ph, pw), draw(st.booleans())
+
+
+@given(conv_case())
+def test_conv2d_matches_torch(case):
+    x_shape, w_shape, stride, padding, with_bias = case
+    x, w = torch.randn(x_shape, dtype=F64), torch.randn(w_shape, dtype=F64)
+    b = torch.randn(w_shape[0], dtype=F64) if with_bias else None
+    expected = F.conv2d(x, w, b, stride=stride, padding=padding)
+    assert_close(mf.conv2d(x, w, b, stride, padding), expected)
+    assert expected.shape[2] == mf.conv_output_size(x_shape[2], w_shape[2], stride[0], padding[0])
+    assert expected.shape[3] == mf.conv_output_size(x_shape[3], w_shape[3], stride[1], padding[1])
+
+
+@given(conv_case())
+def test_im2col_matches_unfold(case):
+    x_shape, w_shape, stride, padding, _ = case
+    x = torch.randn(x_shape, dtype=F64)
+    expected = F.unfold(x, w_shape[2:], padding=padding, stride=stride)
+    assert_close(mf.im2col(x, w_shape[2:], stride, padding), expected)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), ((1, 2), (2, 0))])
+def test_conv2d_loops_matches_torch(stride, padding):
+    x, w, b = torch.randn(2, 3, 6, 5, dtype=F64), torch.randn(4, 3, 3, 2, dtype=F64), torch.randn(4, dtype=F64)
+    assert_close(mf.conv2d_loops(x, w, b, stride, padding), F.conv2d(x, w, b, stride, padding))
+    assert_close(mf.conv2d_loops(x, w, None, stride, padding), F.conv2d(x, w, None, stride, padding))
+
+
+def test_conv2d_device_unbatched_and_float32(device):
+    x, w = torch.randn(3, 10, 11, device=device), torch.randn(5, 3, 3, 3, device=device)
+    b = torch.randn(5, device=device)
+    assert_close(mf.conv2d(x, w, b, 2, 1), F.conv2d(x, w, b, 2, 1), atol=1e-5, rtol=1e-5)
+    assert mf.conv2d(x, w, b, 2, 1).device.type == device.type
+
+
+def test_conv2d_gradcheck():
+    x = torch.randn(2, 2, 5, 4, dtype=F64, requires_grad=True)
+    w = torch.randn(3, 2, 2, 3, dtype=F64, requires_grad=True)
+    b = torch.randn(3, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: mf.conv2d(x, w, b, (2, 1), 1), (x, w, b))
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 0)), (3, 1, 0)])
+def test_max_pool2d_matches_torch_values_and_gradients(kernel, stride, padding, device):
+    x = torch.randn(2, 3, 9, 8, dtype=F64, device=device, requires_grad=True)
+    ours, ref = mf.max_pool2d(x, kernel, stride, padding), F.max_pool2d(x, kernel, stride, padding)
+    assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    (g_ours,), (g_ref,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(ref, x, g)
+    assert_close(g_ours, g_ref)
+    assert_close(mf.max_pool2d(x[0], kernel, stride, padding), F.max_pool2d(x[0], kernel, stride, padding))
+
+
+@pytest.mark.parametrize("kernels, strides", [([3], [1]), ([3, 3], [1, 1]), ([3, 2, 3, 2], [1, 2, 1, 2]),
+                                              ([5, 3, 3], [2, 2, 1])])
+def test_receptive_field_equals_gradient_support(kernels, strides):
+    """The input pixels that one output unit depends on (non-zero gradient) span exactly r pixels."""
+    n = 64
+    x = torch.zeros(1, 1, n, dtype=F64, requires_grad=True)
+    h = x
+    for k, s in zip(kernels, strides):
+        h = F.conv1d(h, torch.ones(1, 1, k, dtype=F64), stride=s)
+    h[0, 0, h.shape[-1] // 2].backward()
+    support = x.grad[0, 0].nonzero().flatten()
+    assert int(support.max() - support.min()) + 1 == mf.receptive_field(kernels, strides)
+
+
+def test_conv_bad_inputs():
+    x, w = torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3)
+    with pytest.raises(ValueError, match="x must be"):
+        mf.conv2d(torch.randn(5, 5), w)
+    with pytest.raises(ValueError, match="C_in = 3"):
+        mf.conv2d(x, torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        mf.conv2d(x, torch.randn(2, 3, 7, 3))
+    with pytest.raises(ValueError, match="bias must be"):
+        mf.conv2d(x, w, torch.randn(3))
+    with pytest.raises(ValueError, match="dtype"):
+        mf.conv2d(x, w.double())
+    with pytest.raises(ValueError, match="stride"):
+        mf.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="padding"):
+        mf.conv2d(x, w, padding=-1)
+    with pytest.raises(ValueError, match="floating"):
+        mf.conv2d(x.long(), w.long())
+    with pytest.raises(ValueError, match="half the kernel"):
+        mf.max_pool2d(x, 2, padding=2)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        mf.max_pool2d(x, 6)
+    with pytest.raises(ValueError, match="one stride per kernel"):
+        mf.receptive_field([3, 3], [1])
+
+
+# ---- recurrent modules ----------------------------------------------------------------------------
+
+PAIRS = [(mf.RNN, nn.RNN), (mf.LSTM, nn.LSTM), (mf.GRU, nn.GRU)]
+
+
+def _initial(ref_cls, B, H, dtype, device, unbatched=False):
+    shape = (1, H) if unbatched else (1, B, H)
+    h0 = torch.randn(shape, dtype=dtype, device=device)
+    return (h0, torch.randn(shape, dtype=dtype, device=device)) if ref_cls is nn.LSTM else h0
+
+
+@pytest.mark.parametrize("ours_cls, ref_cls", PAIRS)
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("with_h0", [True, False])
+def test_recurrent_matches_torch(ours_cls, ref_cls, batch_first, with_h0, device):
+    B, T, D, H = 3, 7, 5, 6
+    ref = ref_cls(D, H, batch_first=batch_first).to(device, F64)
+    ours = ours_cls(D, H, batch_first=batch_first).to(device, F64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn((B, T, D) if batch_first else (T, B, D), dtype=F64, device=device)
+    hx = _initial(ref_cls, B, H, F64, device) if with_h0 else None
+    out_ours, out_ref = ours(x, hx), ref(x, hx)
+    assert_close(out_ours, out_ref)
+    # gradients of every parameter (backprop through time) equal torch's
+    loss_ours = out_ours[0].square().sum() + sum(s.sum() for s in torch.utils._pytree.tree_leaves(out_ours[1]))
+    loss_ref = out_ref[0].square().sum() + sum(s.sum() for s in torch.utils._pytree.tree_leaves(out_ref[1]))
+    grads_ours = torch.autograd.grad(loss_ours, list(ours.parameters()))
+    grads_ref = torch.autograd.grad(loss_ref, list(ref.parameters()))
+    for (name, _), g_o, g_r in zip(ref.named_parameters(), grads_ours, grads_ref):
+        assert_close(g_o, g_r, msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+@pytest.mark.parametrize("ours_cls, ref_cls", PAIRS)
+def test_recurrent_state_dict_both_ways_and_options(ours_cls, ref_cls):
+    kwargs = {"nonlinearity": "relu"} if ref_cls is nn.RNN else {}
+    ours = ours_cls(4, 5, bias=False, **kwargs)
+    ref = ref_cls(4, 5, bias=False, batch_first=True, **kwargs)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert [p.shape for p in ours.state_dict().values()] == [p.shape for p in ref.state_dict().values()]
+    ref.load_state_dict(ours.state_dict())                     # ours -> torch works too
+    x = torch.randn(2, 6, 4)
+    assert_close(ours(x), ref(x))
+    # unbatched input (T, I) with an initial state (1, H)
+    hx = _initial(ref_cls, 1, 5, torch.float32, "cpu", unbatched=True)
+    assert_close(ours(x[0], hx), ref(x[0], hx))
+    assert ours.out_dim == 5
+
+
+@pytest.mark.parametrize("ours_cls, ref_cls", PAIRS)
+def test_recurrent_mask_equals_packed_sequences(ours_cls, ref_cls):
+    B, T, D, H = 4, 6, 3, 5
+    ref = ref_cls(D, H, batch_first=True).double()
+    ours = ours_cls(D, H).double()
+    ours.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([6, 2, 4, 1])
+    mask = torch.arange(T)[None] < lengths[:, None]            # (B, T), right padding
+    x = torch.randn(B, T, D, dtype=F64)
+    out_ours, state_ours = ours(x, mask=mask)
+    packed_out, state_ref = ref(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    out_ref, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=T)
+    assert_close(out_ours, out_ref)
+    assert_close(state_ours, state_ref)
+
+
+def test_gradcheck_lstm():
+    lstm = mf.LSTM(2, 3).double()
+    x = torch.randn(2, 4, 2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: lstm(x)[0], (x,))
+
+
+@pytest.mark.parametrize("cell_fn, ref_cls", [(mf.rnn_cell, nn.RNNCell), (mf.lstm_cell, nn.LSTMCell),
+                                              (mf.gru_cell, nn.GRUCell)])
+def test_cells_match_torch_cells(cell_fn, ref_cls):
+    ref = ref_cls(4, 3).double()
+    x, h = torch.randn(5, 4, dtype=F64), torch.randn(5, 3, dtype=F64)
+    state = (h, torch.randn(5, 3, dtype=F64)) if ref_cls is nn.LSTMCell else h
+    assert_close(cell_fn(x, state, ref.weight_ih, ref.weight_hh, ref.bias_ih, ref.bias_hh), ref(x, state))
+
+
+def test_recurrent_bad_inputs():
+    lstm = mf.LSTM(4, 5)
+    with pytest.raises(ValueError, match="input_size = 4"):
+        lstm(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match="x must be"):
+        lstm(torch.randn(2, 3, 4, 1))
+    with pytest.raises(ValueError, match="initial state must be"):
+        lstm(torch.randn(2, 3, 4), (torch.zeros(2, 5), torch.zeros(2, 5)))
+    with pytest.raises(ValueError, match="pair"):
+        lstm(torch.randn(2, 3, 4), torch.zeros(1, 2, 5))
+    with pytest.raises(ValueError, match="mask must be a bool"):
+        lstm(torch.randn(2, 3, 4), mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="hidden_size"):
+        mf.GRU(4, 0)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        mf.RNN(4, 5, nonlinearity="sigmoid")
+
+
+# ---- patches --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image_size, patch_size, channels", [(8, 4, 3), ((12, 8), (4, 2), 1), (32, 8, 3)])
+def test_patch_embedding_equals_strided_conv(image_size, patch_size, channels, device):
+    pe = mf.PatchEmbedding(image_size, patch_size, channels, dim=7).to(device, F64)
+    H, W = pe.image_size
+    x = torch.randn(2, channels, H, W, dtype=F64, device=device)
+    conv = nn.Conv2d(channels, 7, patch_size, stride=patch_size).to(device, F64)
+    with torch.no_grad():   # copy the weights by hand (independently of to_conv)
+        conv.weight.copy_(pe.proj.weight.reshape(7, channels, *pe.patch_size))
+        conv.bias.copy_(pe.proj.bias)
+    expected = conv(x).flatten(2).transpose(1, 2)               # (B, N, dim)
+    assert pe(x).shape == (2, pe.num_patches, 7)
+    assert_close(pe(x), expected)
+    assert_close(pe.to_conv()(x), conv(x))
+
+
+def test_patchify_orders_patches_row_by_row():
+    x = torch.arange(2 * 4 * 6, dtype=F64).reshape(1, 2, 4, 6)
+    patches = mf.patchify(x, 2)                                 # (1, 6, 8)
+    assert patches.shape == (1, 6, 8)
+    assert_close(patches[0, 4], x[0, :, 2:4, 2:4].flatten())   # patch row 1, column 1
+
+
+def test_patch_bad_inputs():
+    with pytest.raises(ValueError, match="divisible"):
+        mf.PatchEmbedding(10, 4)
+    pe = mf.PatchEmbedding(8, 4, 3, 5)
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 8, 8\)"):
+        pe(torch.randn(1, 3, 12, 12))
+    with pytest.raises(ValueError, match="divisible"):
+        mf.patchify(torch.randn(1, 3, 9, 8), 4)
+
+
+# ---- encoders -------------------------------------------------------------------------------------
+
+def test_cnn_encoder_shapes(device):
+    enc = mf.CNNEncoder(3, dim=24, width=4, grid=2).to(device)
+    x = torch.rand(5, 3, 32, 32, device=device)
+    assert enc(x).shape == (5, 24) and enc.out_dim == 24
+    assert enc(x, return_sequence=True).shape == (5, 4, 24)
+    assert enc.feature_map(x).shape == (5, 16, 4, 4)
+    assert enc(torch.rand(2, 3, 48, 40, device=device)).shape == (2, 24)
+    with pytest.raises(ValueError, match="3 channels"):
+        enc(torch.rand(2, 1, 32, 32, device=device))
+    with pytest.raises(ValueError, match="images must be"):
+        enc(torch.rand(3, 32, 32, device=device))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_text_encoder_padding_does_not_change_the_encoding(cell, device):
+    enc = mf.TextEncoder(20, dim=8, embed_dim=6, cell=cell).to(device)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [4, 9, 3, 2, 8]], device=device)
+    mask = ids != 0
+    short = enc(ids[:1, :3])                                    # the first sentence without padding
+    assert enc(ids).shape == (2, 8) and enc.out_dim == 8
+    assert_close(enc(ids)[:1], short)
+    assert_close(enc(ids, mask)[:1], short)
+    longer = torch.cat([ids, torch.zeros(2, 4, dtype=ids.dtype, device=device)], dim=1)
+    assert_close(enc(longer), enc(ids))
+    seq = enc(ids, mask, return_sequence=True)
+    assert seq.shape == (2, 5, 8)
+    assert torch.all(seq[0, 3:] == 0) and torch.all(seq[0, :3] != 0)
+    assert_close(seq[1, -1], enc(ids)[1])
+
+
+def test_text_encoder_bad_inputs():
+    enc = mf.TextEncoder(10, dim=4)
+    with pytest.raises(ValueError, match="integer"):
+        enc(torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        enc(torch.tensor([[1, 12]]))
+    with pytest.raises(ValueError, match="ids must be"):
+        enc(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="cell"):
+        mf.TextEncoder(10, 4, cell="transformer")
+
+
+def test_audio_encoder_shapes_and_stats(device):
+    enc = mf.AudioEncoder(n_mels=16, dim=12, hidden=8).to(device)
+    mel = 10 * torch.randn(3, 16, 41, device=device) - 40
+    enc.set_input_stats(mel)
+    assert_close(enc.mean, mel.mean())
+    assert enc(mel).shape == (3, 12) and enc.out_dim == 12
+    assert enc(mel, return_sequence=True).shape == (3, 10, 12)
+    with pytest.raises(ValueError, match=r"\(B, 16, frames"):
+        enc(torch.randn(3, 8, 41, device=device))
+    with pytest.raises(ValueError, match="mel must be"):
+        enc(torch.randn(16, 41, device=device))

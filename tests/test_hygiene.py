@@ -1,0 +1,68 @@
+"""Repository hygiene: clean notebooks, TOC <-> files, the template's sections, the exercise convention."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from notebook_utils import NOTEBOOKS, ROOT
+
+import mmlearn.checks
+
+ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+EXERCISE = re.compile(r":::\{exercise\}[^\n]*\n:label:\s*(\S+)")
+
+
+def _markdown(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "markdown"]
+
+
+def test_toc_and_files_agree():
+    toc_text = (ROOT / "_toc.yml").read_text()
+    for entry in re.findall(r"file:\s*(\S+)", toc_text):
+        assert any((ROOT / f"{entry}{ext}").exists() for ext in ("", ".md", ".ipynb")), f"_toc.yml lists missing {entry}"
+    assert {p.resolve() for p in ALL_NOTEBOOKS} == {p.resolve() for p in NOTEBOOKS}, "every notebook must be in _toc.yml"
+    for page in (ROOT / "book").glob("*.md"):
+        assert f"book/{page.stem}" in toc_text, f"book/{page.name} is not in _toc.yml"
+
+
+def test_notebooks_are_committed_clean():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "nbclean.py"), "--check", *map(str, ALL_NOTEBOOKS)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_template_structure(path):
+    nb = nbformat.read(path, as_version=4)
+    md = _markdown(nb)
+    h1 = [line for text in md for line in text.splitlines() if re.match(r"# \S", line)]
+    assert len(h1) == 1, f"{path.name}: exactly one H1 title, found {h1}"
+    for section in ("Summary", "Exercises", "References"):
+        assert any(re.search(rf"^## {section}\b", text, re.M) for text in md), f"{path.name}: no '## {section}'"
+    setup = next(c for c in nb.cells if c.cell_type == "code").source
+    for needle in ("import mmlearn", "mmlearn.get_device()", "mmlearn.seed_everything("):
+        assert needle in setup, f"{path.name}: the first code cell must contain {needle!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_exercise_convention(path):
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(_markdown(nb))
+    labels = EXERCISE.findall(text)
+    assert labels, f"{path.name}: no exercises"
+    registered = set(mmlearn.checks.registered())
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    tagged = [c for c in nb.cells if "exercise" in c.metadata.get("tags", [])]
+    assert tagged, f"{path.name}: no starting cell tagged 'exercise'"
+    for label in labels:
+        assert re.search(rf"\{{solution-start\}}\s+{re.escape(label)}\b", text), f"{label}: no solution-start"
+        if f'mmlearn.check("{label}"' in code:
+            assert label in registered, f"{label}: check cell but no check registered in mmlearn/checks/"
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "{solution-end}" in cell.source:
+            assert re.fullmatch(r"\s*:::\{solution-end\}\s*\n:::\s*", cell.source), \
+                f"{path.name}: a solution-end cell must hold only the directive"
