@@ -124,6 +124,7 @@ def test_accuracy_logits_and_labels():
 def test_plots_return_figures():
     fig = show_images(torch.rand(5, 3, 8, 8), titles=list("abcde"), ncols=3)
     assert len(fig.axes) == 6
+    assert len(show_images(torch.rand(1, 8, 8)).axes) == 1  # one grayscale image
     history = History(step_loss=[3.0, 2.0, 1.0, 0.5], train_loss=[2.5, 0.75], val_loss=[2.0, 1.0],
                       val_metrics={"acc": [0.5, 0.9]})
     assert len(plot_history(history).axes) == 2
