@@ -11,9 +11,12 @@ import importlib
 from typing import Any
 
 # name -> module that defines it (each chapter-2 module adds its public names to its own tuple)
-_IMAGE = ("normalize", "standardize", "to_grayscale", "otsu_threshold", "binarize", "resize_bilinear")
-_TEXT = ("WordTokenizer", "CharTokenizer", "BPETokenizer", "Vocab", "remove_stopwords", "pad_sequences")
-_AUDIO = ("resample", "frame", "stft", "mel_filterbank", "log_mel_spectrogram", "mfcc")
+_IMAGE = ("normalize", "standardize", "channel_stats", "to_grayscale", "otsu_threshold", "binarize",
+          "resize_bilinear", "gaussian_kernel", "gaussian_blur")
+_TEXT = ("WordTokenizer", "CharTokenizer", "BPETokenizer", "Vocab", "remove_stopwords", "pad_sequences",
+         "ENGLISH_STOPWORDS", "CHINESE_STOPWORDS")
+_AUDIO = ("resample", "frame", "stft", "mel_filterbank", "log_mel_spectrogram", "mfcc", "dft_matrix", "dct_matrix",
+          "hz_to_mel", "mel_to_hz")
 
 _WHERE = {**{n: "image" for n in _IMAGE}, **{n: "text" for n in _TEXT}, **{n: "audio" for n in _AUDIO}}
 __all__ = sorted(_WHERE)
