@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mmlearn import data as mdata
 from mmlearn.data import (
     BOUND_SCALE,
     COLORS,
@@ -25,6 +26,7 @@ from mmlearn.data import (
     SLOT_SECONDS,
     ShapesBatch,
     ShapesDataset,
+    hflip,
     load_eeg,
     load_mri,
     load_photo,
@@ -36,7 +38,7 @@ from mmlearn.data import (
 
 @pytest.fixture(scope="module")
 def batch() -> ShapesBatch:
-    return make_shapes(300, image_size=32, max_objects=3, seed=7)
+    return make_shapes(200, image_size=32, max_objects=3, seed=7)
 
 
 def _objects(b: ShapesBatch, i: int) -> list[tuple[str, str, str]]:
@@ -48,7 +50,7 @@ def _objects(b: ShapesBatch, i: int) -> list[tuple[str, str, str]]:
 # ---- determinism, shapes, dtypes, ranges ------------------------------------------------------
 
 def test_same_seed_same_scenes_other_seed_other_scenes() -> None:
-    a, b, c = make_shapes(40, seed=3), make_shapes(40, seed=3), make_shapes(40, seed=4)
+    a, b, c = make_shapes(20, seed=3), make_shapes(20, seed=3), make_shapes(20, seed=4)
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
     torch.testing.assert_close(a.audio, b.audio, rtol=0, atol=0)
     assert (a.captions, a.questions, a.answers) == (b.captions, b.questions, b.answers)
@@ -143,7 +145,7 @@ def test_object_centre_pixels_have_the_object_colour(batch: ShapesBatch) -> None
 @pytest.mark.parametrize("shape", range(3))
 def test_coverage_sums_to_the_shape_area(shape: int) -> None:
     """Signed-distance smoothing is area-preserving to first order: Σ coverage ≈ exact area."""
-    b = make_shapes(400, image_size=64, max_objects=1, seed=5)
+    b = make_shapes(200, image_size=64, max_objects=1, seed=5)
     keep = b.labels["shape"][:, 0] == shape
     r = torch.tensor(RADIUS)[b.labels["size"][keep, 0]] * 64 * SHAPE_SCALE[shape]
     area = {0: math.pi * r**2, 1: 4 * r**2, 2: 3 * math.sqrt(3) / 4 * r**2}[shape]
@@ -174,22 +176,46 @@ def test_objects_do_not_overlap(batch: ShapesBatch) -> None:
 
 def test_audio_encodes_colour_shape_size_left_to_right() -> None:
     sr = 8000
-    b = make_shapes(120, max_objects=2, sample_rate=sr, seed=11)
+    b = make_shapes(80, max_objects=2, sample_rate=sr, seed=11)
     slot = round(SLOT_SECONDS * sr)
-    for i in range(len(b)):
-        for j in range(2):
-            seg = b.audio[i, j * slot:(j + 1) * slot].double()
-            if j >= b.labels["n_objects"][i]:
-                assert seg.abs().max() < 0.1  # only noise
-                continue
-            c, s, z = (int(b.labels[k][i, j]) for k in ("color", "shape", "size"))
-            assert abs(seg.abs().max() - LOUDNESS[z]) < 0.06
-            spec = torch.fft.rfft(seg * torch.hann_window(slot, dtype=torch.float64), n=16 * slot).abs()
-            freqs = torch.fft.rfftfreq(16 * slot, 1 / sr)
-            assert abs(freqs[spec.argmax()] - PITCH_HZ[c]) < 8  # pitch = colour
-            third = spec[(freqs - 3 * PITCH_HZ[c]).abs().argmin()] / spec.max()
-            expected = (0.0, 1 / 3, 1 / 9)[s]  # 3rd harmonic of sine, square, triangle
-            assert abs(third - expected) < 0.05, (SHAPES[s], float(third))
+    segments = b.audio.view(len(b), 2, slot).double()                         # (N, K, slot)
+    present = b.labels["shape"] >= 0
+    assert segments[~present].abs().max() < 0.1                             # empty slots: only noise
+    seg = segments[present]                                                   # (M, slot)
+    c, s, z = (b.labels[k][present] for k in ("color", "shape", "size"))
+    torch.testing.assert_close(seg.abs().amax(1), torch.tensor(LOUDNESS, dtype=torch.float64)[z], atol=0.06, rtol=0)
+    spec = torch.fft.rfft(seg * torch.hann_window(slot, dtype=torch.float64), n=16 * slot).abs()
+    freqs = torch.fft.rfftfreq(16 * slot, 1 / sr, dtype=torch.float64)
+    f0 = torch.tensor(PITCH_HZ, dtype=torch.float64)[c]
+    assert ((freqs[spec.argmax(1)] - f0).abs() < 8).all()                    # pitch = colour
+    third = spec.gather(1, (freqs[None] - 3 * f0[:, None]).abs().argmin(1, keepdim=True))[:, 0] / spec.amax(1)
+    expected = torch.tensor([0.0, 1 / 3, 1 / 9], dtype=torch.float64)[s]     # 3rd harmonic: sine, square, triangle
+    torch.testing.assert_close(third, expected, atol=0.05, rtol=0)
+
+
+# ---- a consistent horizontal flip ------------------------------------------------------------
+
+def test_hflip_is_consistent_across_modalities_and_an_involution(batch: ShapesBatch) -> None:
+    f = hflip(batch)
+    torch.testing.assert_close(f.images, batch.images.flip(-1), rtol=0, atol=0)
+    # rendering the mirrored scene from its labels gives the mirrored image (all shapes are symmetric)
+    attrs = (f.labels[k].numpy() for k in ("shape", "color", "size"))
+    redraw = mdata._rasterize(32, f.positions.double().numpy(), *attrs)
+    torch.testing.assert_close(redraw, f.images, atol=1e-5, rtol=0)
+    for i, caption in enumerate(f.captions):
+        objects, _ = parse_caption(caption)
+        assert objects == _objects(f, i)
+        x = f.positions[i, :len(objects), 0]
+        assert (x[1:] >= x[:-1]).all()  # still ordered left to right
+    assert sum(c != d for c, d in zip(f.captions, batch.captions)) > len(batch) // 3
+    ff = hflip(f)
+    assert ff.captions == batch.captions and ff.answers == batch.answers
+    torch.testing.assert_close(ff.audio, batch.audio, rtol=0, atol=0)
+    torch.testing.assert_close(ff.positions, batch.positions, equal_nan=True)
+    # the flipped audio still encodes the objects left to right
+    slot = round(SLOT_SECONDS * f.sample_rate)
+    i = int((f.labels["n_objects"] == 2).nonzero()[0])
+    assert torch.equal(f.audio[i, :slot], batch.audio[i, slot:2 * slot])
 
 
 # ---- splits: held-out colour–shape pairs ------------------------------------------------------
