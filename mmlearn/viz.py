@@ -104,7 +104,7 @@ def plot_computation_graph(root, *, ax: plt.Axes | None = None, show_grad: bool 
 
 def plot_attention(weights: torch.Tensor, *, rows: Sequence[str] | None = None, cols: Sequence[str] | None = None,
                    title: str | None = None, ax: plt.Axes | None = None, cmap: str = "viridis",
-                   annotate: bool = False) -> plt.Figure:
+                   annotate: bool = False, colorbar: bool = True) -> plt.Figure:
     """Heatmap of attention weights (or a boolean mask) ``(L, S)``: row i = query i, column j = key j.
 
     ``rows`` / ``cols`` label the queries and keys (e.g. tokens); ``annotate`` writes each value in its cell.
@@ -129,5 +129,32 @@ def plot_attention(weights: torch.Tensor, *, rows: Sequence[str] | None = None, 
                 value = float(weights[i, j])
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < 0.5 else "black")
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax.figure
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, labels: Sequence[str], *, title: str | None = None,
+                          ax: plt.Axes | None = None) -> plt.Figure:
+    """A confusion matrix ``(C, C)`` (row = true class, column = predicted), shaded by row fraction, with counts."""
+    matrix = require_rank(matrix, "matrix", 2, "(C, C)")
+    if matrix.shape[0] != matrix.shape[1] or len(labels) != matrix.shape[0]:
+        raise ValueError(f"matrix must be (C, C) with one label per class, got shape {tuple(matrix.shape)} "
+                         f"and {len(labels)} labels")
+    counts = matrix.detach().cpu()
+    rows = counts.float() / counts.sum(1, keepdim=True).clamp_min(1)        # fraction of each true class
+    if ax is None:
+        size = 1.0 + 0.55 * len(labels)
+        _, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title or "confusion matrix")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if counts[i, j]:
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.figure.tight_layout()
     return ax.figure

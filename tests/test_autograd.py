@@ -178,3 +178,23 @@ def test_relative_error():
 def test_checker_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_plot_computation_graph_draws_every_node():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmlearn.viz import plot_computation_graph
+
+    x, w = Value(2.0, label="x"), Value(-1.0, label="w")
+    out = (x * w + 1).tanh()
+    out.backward()
+    fig = plot_computation_graph(out)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len([t for t in texts if "data" in t]) == len(out.topological_order()) == 6
+    assert any(t.startswith("x\n") and f"grad {x.grad:.4g}" in t for t in texts)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="root must be an mmlearn.autograd.Value"):
+        plot_computation_graph(3.0)

@@ -6,14 +6,14 @@ import math
 
 import torch
 
-from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+from mmlearn.checks import CheckFailed, expect_close, expect_number, fresh_generator, register
 
 
 def _random_spd(gen: torch.Generator, d: int, kappa: float) -> torch.Tensor:
     """A random symmetric positive-definite matrix with eigenvalues spread over [1, kappa]."""
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     lam = torch.cat([torch.tensor([1.0, kappa], dtype=torch.float64),
-                     1 + (kappa - 1) * torch.rand(d - 2, generator=gen, dtype=torch.float64)])
+                     1 + (kappa - 1) * torch.rand(max(d - 2, 0), generator=gen, dtype=torch.float64)])[:d]
     scale = float(torch.empty(1).uniform_(0.1, 10, generator=gen))
     return scale * q @ torch.diag(lam) @ q.T
 
@@ -86,3 +86,95 @@ def _check_bias_correction(answer) -> None:
     if math.isclose(g, 1 / expected, rel_tol=1e-3):
         raise CheckFailed(f"{g:.4g} is the inverse of the right ratio: the uncorrected step is the LARGER one")
     expect_number(g, expected, what="uncorrected step / corrected step at t = 3", tol=2e-3)
+
+
+# ---- 05_optimization_losses ------------------------------------------------------------------------
+
+@register("ex-ch05-infonce-grad",
+          hint="Row i is a cross-entropy with target i: its logit gradient is (softmax − onehot)/N; then chain "
+               "through s_ij = q_i·k_j/τ.")
+def _check_infonce_grad(info_nce_grad) -> None:
+    from mmlearn.losses import info_nce
+
+    gen = fresh_generator()
+    for case in range(4):
+        n, extra, d = (int(v) for v in torch.randint(1, 7, (3,), generator=gen))
+        tau = float(torch.empty(1).uniform_(0.05, 2.0, generator=gen))
+        q = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        k = torch.randn(n + extra - 1, d, generator=gen, dtype=torch.float64)
+        qr = q.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(info_nce(qr, k, tau, normalize=False), qr)
+        with torch.no_grad():
+            got = info_nce_grad(q.clone(), k.clone(), tau)
+        expect_close(got, expected, what=f"case {case}: {n} queries, {len(k)} keys, d={d}, tau={tau:.3g}",
+                     atol=1e-9, rtol=1e-7)
+
+
+@register("ex-ch05-kl-gauss", hint="Take the expectation of log p₁ − log p₂ under p₁; E(x − μ₂)² = σ₁² + (μ₁ − μ₂)².")
+def _check_kl_gauss(kl_gauss) -> None:
+    from torch.distributions import Normal, kl_divergence
+
+    gen = fresh_generator()
+    for case in range(3):
+        shape = tuple(int(v) for v in torch.randint(1, 5, (case % 2 + 1,), generator=gen))
+        mu1, mu2 = (3 * torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+        s1, s2 = (torch.empty(shape, dtype=torch.float64).uniform_(0.2, 3, generator=gen) for _ in range(2))
+        expected = kl_divergence(Normal(mu1, s1), Normal(mu2, s2))
+        got = kl_gauss(mu1, s1, mu2, s2)
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+                torch.allclose(got.to(expected.dtype), kl_divergence(Normal(mu2, s2), Normal(mu1, s1))):
+            raise CheckFailed(f"case {case}: you computed KL(p₂ ‖ p₁); the exercise asks for KL(p₁ ‖ p₂)")
+        expect_close(got, expected, what=f"case {case}: KL between Gaussians of shape {shape}", atol=1e-9, rtol=1e-7)
+
+
+@register("ex-ch05-clip-floor",
+          hint="Write down S = e^s · (Î Tᵀ) for orthonormal, aligned embeddings; every row is alike.")
+def _check_clip_floor(answer) -> None:
+    expected = math.log(1 + 7 * math.exp(-10))
+    expect_number(answer, expected, what="CLIP loss of 8 perfectly aligned orthonormal pairs at multiplier 10",
+                  tol=2e-6)
+
+
+# ---- 05_optimization_backprop ----------------------------------------------------------------------
+
+@register("ex-ch05-value-sigmoid",
+          hint="The local derivative needs only the output's data, σ' = σ(1 − σ); accumulate (+=) into v.grad.")
+def _check_value_sigmoid(sigmoid) -> None:
+    from mmlearn.autograd import Value
+
+    gen = fresh_generator()
+    for case in range(4):
+        x, w = (float(v) for v in torch.empty(2).uniform_(-4, 4, generator=gen))
+        v = Value(x)
+        out = sigmoid(v)
+        if not isinstance(out, Value):
+            raise CheckFailed(f"case {case}: sigmoid must return a Value, got {type(out).__name__}")
+        if tuple(out._prev) != (v,):
+            raise CheckFailed(f"case {case}: sigmoid(v) should be ONE node whose only input is v; yours has inputs "
+                              f"{[type(p).__name__ for p in out._prev]} (did you compose several operations?)")
+        expect_close(out.data, 1 / (1 + math.exp(-x)), what=f"case {case}: sigmoid({x:.3f}).data", atol=1e-12)
+        vw = Value(w)
+        u = v * vw
+        y = sigmoid(u) * u * 3.0                       # inside a bigger graph, its input used twice
+        y.backward()
+        xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+        ut = xt * wt
+        (torch.sigmoid(ut) * ut * 3.0).backward()
+        expect_close(v.grad, xt.grad.item(), what=f"case {case}: gradient of 3·sigmoid(u)·u, u = x·w, w.r.t. x at "
+                     f"x={x:.3f}, w={w:.3f} (u is used twice: gradients must accumulate)", atol=1e-10)
+        expect_close(vw.grad, wt.grad.item(), what=f"case {case}: gradient w.r.t. w", atol=1e-10)
+
+
+@register("ex-ch05-best-eps", hint="Set dE/dε = 0: (M/3)ε = δ/ε². Take δ = 2⁻⁵² ≈ 2.2e-16.")
+def _check_best_eps(answer) -> None:
+    delta = 2.0**-52
+    expected = (3 * delta) ** (1 / 3)
+    try:
+        g = float(answer)
+    except (TypeError, ValueError):
+        raise CheckFailed(f"expected a number, got {type(answer).__name__}") from None
+    if math.isclose(g, delta ** (1 / 3), rel_tol=0.02):
+        raise CheckFailed(f"{g:.3g} is δ^(1/3), the right order of magnitude — but minimise E(ε) exactly: "
+                          "the constant M/6 changes the factor in front")
+    expect_number(g / expected, 1.0, what=f"your ε* = {g:.3g} relative to the minimiser of E", tol=0.02)
