@@ -23,6 +23,7 @@ def execute(nb: nbformat.NotebookNode, log: Path, timeout: int = 300) -> float:
     """Execute ``nb`` in a fresh kernel from notebooks/ with check verdicts logged to ``log``; return seconds."""
     os.environ["MMLEARN_CHECK_LOG"] = str(log)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # two notebooks run at once under xdist on 2 cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     start = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()

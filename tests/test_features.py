@@ -307,3 +307,65 @@ def test_audio_encoder_shapes_and_stats(device):
         enc(torch.randn(3, 8, 41, device=device))
     with pytest.raises(ValueError, match="mel must be"):
         enc(torch.randn(16, 41, device=device))
+
+
+# ---- ShapesWorld baseline tasks -------------------------------------------------------------------
+
+def test_task_labels_agree_with_captions_and_positions():
+    from mmlearn.data import COLORS, SHAPES, SIZES, make_shapes, parse_caption
+
+    batch = make_shapes(120, seed=3)
+    labels = {task: mf.task_labels(batch, task) for task in mf.TASKS}
+    for i, caption in enumerate(batch.captions):
+        objects, _ = parse_caption(caption)
+        size, color, shape = objects[0]                           # the leftmost object is mentioned first
+        assert (SHAPES[labels["left_shape"][i]], COLORS[labels["left_color"][i]], SIZES[labels["left_size"][i]]) \
+            == (shape, color, size)
+        assert labels["count"][i] + 1 == len(objects)
+        top = bool(batch.positions[i, 0, 1] < 0.5)
+        assert labels["left_top"][i] == int(top)
+        assert mf.task_classes("left_shape_top")[labels["left_shape_top"][i]] == f"{shape} {'top' if top else 'bottom'}"
+    for task, y in labels.items():
+        assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < len(mf.task_classes(task))
+
+
+def test_shapes_inputs_and_multitask_loss():
+    from mmlearn.data import make_shapes
+    from mmlearn.preprocess import WordTokenizer
+
+    batch = make_shapes(6, seed=1)
+    tok = WordTokenizer().train(batch.captions)
+    inputs = mf.shapes_inputs(batch, tok, n_mels=16)
+    assert inputs["images"].shape == (6, 3, 32, 32) and inputs["mel"].shape[:2] == (6, 16)
+    assert inputs["mask"].sum(1).tolist() == [len(tok.encode(c)) for c in batch.captions]
+    assert [x.shape for x in mf.modality_inputs(inputs, "text")] == [inputs["ids"].shape, inputs["mask"].shape]
+    logits = torch.randn(6, 7, dtype=F64)
+    targets = torch.stack([torch.randint(0, 3, (6,)), torch.randint(0, 4, (6,))], dim=1)
+    expected = F.cross_entropy(logits[:, :3], targets[:, 0]) + F.cross_entropy(logits[:, 3:], targets[:, 1])
+    assert_close(mf.multitask_loss(logits, targets, [3, 4]), expected)
+    accs = mf.multitask_accuracy(logits, targets, [3, 4])
+    assert accs[1] == float((logits[:, 3:].argmax(1) == targets[:, 1]).float().mean())
+    with pytest.raises(ValueError, match=r"logits must be \(B, 7\)"):
+        mf.multitask_loss(logits[:, :5], targets, [3, 4])
+
+
+def test_train_multitask_and_baselines_run_end_to_end():
+    data = mf.make_task_data(n_train=64, n_test=32, tasks=("left_color", "count"))
+    assert data.y_train.shape == (64, 2) and data.num_classes == [4, 2]
+    results = mf.unimodal_baselines(data, modalities=("text",), dim=8, epochs=1, progress=False)
+    assert set(results["text"]) == {"left_color", "count"}
+    assert all(0.0 <= a <= 1.0 for a in results["text"].values())
+    model, accs = mf.train_unimodal(data, "audio", dim=8, epochs=1, progress=False)
+    assert not model.training and model.encoder.out_dim == 8 and set(accs) == {"left_color", "count"}
+    assert_close(model.encoder.mean, data.train["mel"].mean())   # the input statistics were set
+
+
+def test_task_bad_inputs():
+    with pytest.raises(ValueError, match="task must be one of"):
+        mf.task_classes("colour")
+    with pytest.raises(ValueError, match="modality must be one of"):
+        mf.make_encoder("video")
+    with pytest.raises(ValueError, match="vocab_size"):
+        mf.make_encoder("text")
+    with pytest.raises(ValueError, match="out_dim"):
+        mf.MultiTaskClassifier(nn.Linear(3, 4), [2])

@@ -27,6 +27,8 @@ def run(path: Path, image_dir: Path | None, timeout: int = 600) -> int:
     nb = nbformat.read(path, as_version=4)
     log = Path(tempfile.mkstemp(suffix=".jsonl")[1])
     os.environ["MMLEARN_CHECK_LOG"] = str(log)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as the book build runs it (dev.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
