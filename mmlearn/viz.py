@@ -109,7 +109,7 @@ def plot_attention(weights: torch.Tensor, *, rows: Sequence[str] | None = None, 
 
     ``rows`` / ``cols`` label the queries and keys (e.g. tokens); ``annotate`` writes each value in its cell.
     """
-    weights = require_rank(weights, "weights", 2, "(L, S)").detach().float().cpu()
+    weights = require_rank(weights, "weights", 2, "(L, S)").detach().float().cpu().numpy()
     L, S = weights.shape
     if rows is not None and len(rows) != L:
         raise ValueError(f"rows must have one label per query ({L}), got {len(rows)}")

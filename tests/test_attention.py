@@ -486,3 +486,17 @@ def test_feedforward_and_block_reject_bad_input():
         TransformerBlock(8, 2)(torch.ones(4, 8))
     with pytest.raises(ValueError, match="depth must be"):
         TransformerEncoder(8, 0, 2)
+
+
+def test_plot_attention_draws_and_rejects_bad_input():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmlearn.viz import plot_attention
+
+    fig = plot_attention(torch.rand(3, 4).softmax(-1), rows=list("abc"), cols=list("wxyz"), annotate=True)
+    assert len(fig.axes) == 2  # the heatmap and its colorbar
+    with pytest.raises(ValueError, match=r"weights must be \(L, S\)"):
+        plot_attention(torch.rand(4))
+    with pytest.raises(ValueError, match="one label per key"):
+        plot_attention(torch.rand(3, 4), cols=["a"])

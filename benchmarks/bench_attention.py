@@ -1,0 +1,168 @@
+"""Speed and memory of chapter 6's attention against PyTorch's.
+
+    python benchmarks/bench_attention.py [--out benchmarks/results/attention.json] [--device cpu] [--threads 1]
+                                         [--no-rss]
+
+Measures, in one run on one machine (so the numbers are comparable):
+  * time: `mmlearn.attention.scaled_dot_product_attention` (vectorised, materialises the L x S weights) vs
+    `F.scaled_dot_product_attention` (fused), forward, float32, (batch 1, 8 heads, L, 64) for a few L. The two
+    are timed alternately in the same loop; each time is the minimum over the repeats.
+  * peak memory vs L up to 4096 (shape (1, 1, L, 64), float32, forward under no_grad): naive
+    (`scaled_dot_product_attention`) vs tiled (`flash_attention`, block 128) vs `F.scaled_dot_product_attention`,
+    measured with `mmlearn.attention.measure_peak_memory` — on the CPU, `torch.profiler(profile_memory=True)`
+    records every allocation/free of PyTorch's allocator with its running total and the peak of that total is
+    taken; on CUDA, `torch.cuda.max_memory_allocated`.
+  * cross-check at L = 4096 (Linux CPU only, unless --no-rss): the growth of the process's peak resident set
+    size (VmHWM, reset just before the call through /proc/self/clear_refs) during one call, each method in a
+    fresh Python process — an operating-system measurement that does not rely on PyTorch's bookkeeping.
+The run takes well under a minute on a laptop CPU. On a machine shared with other jobs, use ``--threads 1``.
+OpenMP threads are told to sleep rather than spin while waiting (OMP_WAIT_POLICY=PASSIVE, unless already set):
+on an oversubscribed CPU, spinning threads slow small operations down by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede `import torch`
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mmlearn.attention import flash_attention, measure_peak_memory, scaled_dot_product_attention  # noqa: E402
+from mmlearn.device import get_device, seed_everything  # noqa: E402
+
+TIME_LENGTHS = (128, 256, 512, 1024)
+MEMORY_LENGTHS = (256, 512, 1024, 2048, 4096)
+BLOCK = 128
+
+
+def bench_time(device: torch.device, repeat: int = 7, heads: int = 8, d: int = 64) -> list[dict]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    with torch.no_grad():
+        for L in TIME_LENGTHS:
+            qkv = [torch.randn(1, heads, L, d, device=device) for _ in range(3)]
+            fns = {"ours": scaled_dot_product_attention, "torch": F.scaled_dot_product_attention}
+            best = {name: float("inf") for name in fns}
+            for fn in fns.values():  # warm-up
+                fn(*qkv)
+            for _ in range(repeat):  # alternate, so both see the same machine load
+                for name, fn in fns.items():
+                    sync()
+                    start = time.perf_counter()
+                    fn(*qkv)
+                    sync()
+                    best[name] = min(best[name], time.perf_counter() - start)
+            rows.append({"L": L, "shape": [1, heads, L, d], "ours_seconds": best["ours"],
+                         "torch_seconds": best["torch"], "ours_over_torch": best["ours"] / best["torch"]})
+    return rows
+
+
+def bench_memory(device: torch.device, d: int = 64) -> list[dict]:
+    rows = []
+    with torch.no_grad():
+        for L in MEMORY_LENGTHS:
+            q, k, v = (torch.randn(1, 1, L, d, device=device) for _ in range(3))  # 4-D: torch's fused kernel
+            naive = measure_peak_memory(scaled_dot_product_attention, q, k, v)[1]
+            tiled = measure_peak_memory(flash_attention, q, k, v, block_size=BLOCK)[1]
+            fused = measure_peak_memory(F.scaled_dot_product_attention, q, k, v)[1]
+            rows.append({"L": L, "naive_bytes": naive, "tiled_bytes": tiled, "torch_bytes": fused,
+                         "naive_over_tiled": naive / tiled, "naive_over_one_LxL_matrix": naive / (L * L * 4)})
+    return rows
+
+
+_RSS_PROBE = """
+import os, re, sys
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from mmlearn.attention import flash_attention, scaled_dot_product_attention
+
+
+def peak_rss_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+
+torch.manual_seed(0)
+L, method = int(sys.argv[1]), sys.argv[2]
+q, k, v = (torch.randn(L, 64) for _ in range(3))
+with torch.no_grad():
+    flash_attention(q[:256], k[:256], v[:256], block_size=128)  # load the code paths once
+    scaled_dot_product_attention(q[:256], k[:256], v[:256])
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+    before = peak_rss_kib()
+    if method == "naive":
+        out = scaled_dot_product_attention(q, k, v)[0]
+    else:
+        out = flash_attention(q, k, v, block_size=128)
+    after = peak_rss_kib()
+print(after - before)
+"""
+
+
+def rss_check(L: int = 4096) -> dict:
+    """Growth of the peak resident set size (KiB) during one call, each method in a fresh process (Linux)."""
+    result = {"L": L, "method": "growth of VmHWM (/proc/self/status) during one call after resetting it via "
+                                "/proc/self/clear_refs; one fresh Python process per method; KiB"}
+    for method in ("naive", "tiled"):
+        out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(L), method], capture_output=True, text=True,
+                             check=True, env=dict(os.environ))
+        result[f"{method}_kib"] = int(out.stdout.strip().splitlines()[-1])
+    result["naive_over_tiled"] = result["naive_kib"] / max(result["tiled_kib"], 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attention.json")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: mmlearn.get_device())")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the resident-set-size cross-check")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = get_device(args.device)
+    if device.type == "mps":
+        raise SystemExit("peak memory cannot be measured on mps: run with --device cpu")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    seed_everything(0)
+    start = time.perf_counter()
+    results = {"time": bench_time(device)}
+    results["memory"] = {"rows": bench_memory(device), "shape": "(1, 1, L, 64)", "dtype": "float32",
+                         "tiled_block_size": BLOCK, "forward_only": True,
+                         "method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                                    "torch.profiler(profile_memory=True): peak of the allocator's running total")}
+    if device.type == "cpu" and not args.no_rss and os.access("/proc/self/clear_refs", os.W_OK):
+        results["memory_rss_check"] = rss_check()
+    results["meta"] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "machine": platform.machine(),
+                       "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                       "load_average_1min_at_start": load[0] if load else None, "python": platform.python_version(),
+                       "total_seconds": time.perf_counter() - start}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for row in results["time"]:
+        print(f"time  L={row['L']:>5}: ours {1e3 * row['ours_seconds']:8.2f} ms, "
+              f"torch {1e3 * row['torch_seconds']:8.2f} ms, ratio {row['ours_over_torch']:.2f}x")
+    for row in results["memory"]["rows"]:
+        print(f"peak  L={row['L']:>5}: naive {row['naive_bytes'] / 2**20:8.2f} MiB, tiled "
+              f"{row['tiled_bytes'] / 2**20:6.3f} MiB, torch {row['torch_bytes'] / 2**20:8.2f} MiB, "
+              f"naive/tiled {row['naive_over_tiled']:.1f}x")
+    if "memory_rss_check" in results:
+        rss = results["memory_rss_check"]
+        print(f"RSS   L={rss['L']:>5}: naive +{rss['naive_kib'] / 1024:.1f} MiB, tiled +{rss['tiled_kib'] / 1024:.1f} "
+              f"MiB, ratio {rss['naive_over_tiled']:.0f}x")
+    print(f"wrote {args.out} in {results['meta']['total_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Checks for the exercises of chapter 6 (notebooks/06_attention_*.ipynb)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+
+F64 = torch.float64
+
+
+def _call(fn, *args, what: str):
+    """Call the student's function; turn a crash into a specific message (NotImplementedError passes)."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except CheckFailed:
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{what}: your function raised {type(error).__name__}: {error}") from None
+
+
+# ---- 06_attention_derivation --------------------------------------------------------------------
+
+@register("ex-ch06-stable-softmax", hint="Subtract the maximum of each row before exponentiating; it cancels.")
+def _check_stable_softmax(stable_softmax) -> None:
+    gen = fresh_generator()
+    cases = [torch.randn(3, 5, generator=gen, dtype=F64),
+             torch.randn(2, 4, 6, generator=gen, dtype=F64) * 3,
+             1000.0 + torch.randn(2, 7, generator=gen, dtype=F64),  # exp(1000) overflows
+             -1000.0 + torch.randn(3, 4, generator=gen, dtype=F64)]  # exp(-1000) underflows to 0/0
+    for case, x in enumerate(cases):
+        got = _call(stable_softmax, x.clone(), what=f"case {case}")
+        if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
+            raise CheckFailed(f"case {case} (values around {x.mean().item():.0f}): the result contains inf or NaN")
+        expect_close(got, torch.softmax(x, dim=-1), what=f"case {case}: softmax over the last axis of shape "
+                     f"{tuple(x.shape)}", atol=1e-10, rtol=1e-8)
+
+
+@register("ex-ch06-qk-variance", hint="Expand var(sum_i q_i k_i): the terms are independent, and "
+                                      "var(q_i k_i) = E[q_i^2] E[k_i^2] when the means are 0.")
+def _check_qk_variance(qk_variance) -> None:
+    gen = fresh_generator()
+    for case in range(5):
+        d = int(torch.randint(1, 512, (1,), generator=gen))
+        sq, sk = (float(v) for v in 0.2 + 2 * torch.rand(2, generator=gen))
+        got = _call(qk_variance, d, sq, sk, what=f"case {case}")
+        expect_number(got, d * sq**2 * sk**2, what=f"case {case}: var(q·k) for d={d}, sigma_q={sq:.3f}, "
+                      f"sigma_k={sk:.3f}", tol=1e-6 * max(1.0, d * sq**2 * sk**2))
+
+
+# ---- 06_attention_transformer -------------------------------------------------------------------
+
+@register("ex-ch06-decoder-mask", hint="Combine two boolean conditions with &: key j <= query i, and key j < length.")
+def _check_decoder_mask(decoder_mask) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        B, T = (int(v) for v in torch.randint(1, 7, (2,), generator=gen))
+        lengths = torch.randint(1, T + 1, (B,), generator=gen)
+        j = torch.arange(T)
+        want = (j[None, :] <= j[:, None])[None] & (j[None, None, :] < lengths[:, None, None])
+        got = _call(decoder_mask, lengths.clone(), T, what=f"case {case}")
+        if not isinstance(got, torch.Tensor) or got.dtype != torch.bool:
+            raise CheckFailed(f"case {case}: expected a boolean tensor (True = may attend), got "
+                              f"{getattr(got, 'dtype', type(got).__name__)}")
+        if got.shape != want.shape:
+            raise CheckFailed(f"case {case}: lengths={lengths.tolist()}, T={T}: expected shape {tuple(want.shape)}, "
+                              f"got {tuple(got.shape)}")
+        bad = (got != want).nonzero()
+        if len(bad):
+            b, i, k = (int(v) for v in bad[0])
+            raise CheckFailed(f"case {case}: lengths={lengths.tolist()}, T={T}: entry [batch {b}, query {i}, key {k}] "
+                              f"should be {bool(want[b, i, k])} (True = may attend)")
+
+
+@register("ex-ch06-block-params", hint="Attention: 4 matrices dim x dim plus 4 bias vectors; FFN: two Linear layers; "
+                                       "each LayerNorm has a weight and a bias of size dim.")
+def _check_block_params(answer) -> None:
+    d = 64
+    expect_number(answer, (4 * d * d + 4 * d) + (2 * 4 * d * d + 4 * d + d) + 2 * 2 * d,
+                  what="parameters of TransformerBlock(64, 4)", tol=0.5)
+
+
+@register("ex-ch06-rope-relative", hint="R(m)^T R(n) = R(n - m): rotate k by the difference of positions only.")
+def _check_rope_relative(relative_score) -> None:
+    from mmlearn.attention import apply_rope
+
+    gen = fresh_generator()
+    for case in range(4):
+        d = 2 * int(torch.randint(1, 6, (1,), generator=gen))
+        q, k = torch.randn(2, 1, d, generator=gen, dtype=F64)
+        m, n = (int(v) for v in torch.randint(0, 50, (2,), generator=gen))
+        want = (apply_rope(q, torch.tensor([m])) * apply_rope(k, torch.tensor([n]))).sum()
+        got = _call(relative_score, q[0].clone(), k[0].clone(), n - m, what=f"case {case}")
+        expect_close(got, want.item(), what=f"case {case}: score of q at position {m} and k at {n} (d={d})",
+                     atol=1e-9, rtol=1e-7)
+
+
+# ---- 06_attention_backward_flash ----------------------------------------------------------------
+
+@register("ex-ch06-softmax-jacobian", hint="dp_i/ds_j = p_i (delta_ij - p_j): diag(p) minus an outer product.")
+def _check_softmax_jacobian(softmax_jacobian) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        n = int(torch.randint(1, 8, (1,), generator=gen))
+        s = 3 * torch.randn(n, generator=gen, dtype=F64)
+        want = torch.autograd.functional.jacobian(lambda z: torch.softmax(z, 0), s)
+        expect_close(_call(softmax_jacobian, s.clone(), what=f"case {case}"), want,
+                     what=f"case {case}: Jacobian of softmax at a random s of size {n}", atol=1e-10, rtol=1e-8)
+
+
+@register("ex-ch06-merge-stats", hint="The new max is max(m1, m2); rescale each sum to it: l1 * exp(m1 - m).")
+def _check_merge_stats(merge_stats) -> None:
+    gen = fresh_generator()
+    for case in range(5):
+        n = int(torch.randint(2, 20, (1,), generator=gen))
+        x = 5 * torch.randn(n, generator=gen, dtype=F64) + (300.0 if case == 4 else 0.0)
+        cut = int(torch.randint(1, n, (1,), generator=gen))
+        a, b = x[:cut], x[cut:]
+        m1, m2 = a.max(), b.max()
+        l1, l2 = torch.exp(a - m1).sum(), torch.exp(b - m2).sum()
+        got = _call(merge_stats, m1, l1, m2, l2, what=f"case {case}")
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise CheckFailed(f"case {case}: expected a tuple (m, l), got {type(got).__name__}")
+        expect_close(got[0], x.max().item(), what=f"case {case}: merged maximum m", atol=1e-12)
+        expect_close(got[1], torch.exp(x - x.max()).sum().item(), what=f"case {case}: merged sum l "
+                     f"(blocks of sizes {cut} and {n - cut})", atol=1e-10, rtol=1e-9)
+
+
+# ---- 06_attention_cross -------------------------------------------------------------------------
+
+@register("ex-ch06-cross-count", hint="Each head has one weight per (query, key) pair.")
+def _check_cross_count(answer) -> None:
+    expect_equal(answer, 4 * 12 * 64, what="number of attention weights (4 heads, 12 tokens, 8 x 8 patches)")
+
+
+@register("ex-ch06-cross-attention", hint="Project: q = text @ W_q, k = patches @ W_k, v = patches @ W_v; then "
+                                          "softmax(q k^T / sqrt(d)) v.")
+def _check_cross_attention(cross_attention) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        B, L, S, d_t, d_i, d = (int(v) for v in torch.randint(1, 9, (6,), generator=gen))
+        text = torch.randn(B, L, d_t, generator=gen, dtype=F64)
+        patches = torch.randn(B, S, d_i, generator=gen, dtype=F64)
+        W_q = torch.randn(d_t, d, generator=gen, dtype=F64)
+        W_k, W_v = torch.randn(2, d_i, d, generator=gen, dtype=F64)
+        scores = (text @ W_q) @ (patches @ W_k).transpose(-2, -1) / math.sqrt(d)
+        weights = torch.softmax(scores, dim=-1)
+        got = _call(cross_attention, text, patches, W_q, W_k, W_v, what=f"case {case}")
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise CheckFailed(f"case {case}: expected a tuple (out, weights), got {type(got).__name__}")
+        where = f"case {case}: text {tuple(text.shape)}, patches {tuple(patches.shape)}, d={d}"
+        expect_close(got[1], weights, what=f"{where}: weights", atol=1e-10, rtol=1e-8)
+        expect_close(got[0], weights @ (patches @ W_v), what=f"{where}: out", atol=1e-10, rtol=1e-8)
