@@ -45,7 +45,7 @@ def run(*cmd: str | Path, env: dict | None = None, check: bool = True) -> int:
 
 def ensure_env() -> None:
     """Create .venv and install the pinned requirements + mmlearn (editable), once per requirements.txt."""
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 (dev.py is run by whatever python3 the reader has)
         sys.exit(f"python >= 3.10 is required, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
     if PY.exists() and STAMP.exists() and STAMP.read_text() == digest:

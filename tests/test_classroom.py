@@ -6,9 +6,8 @@ import csv
 
 import nbformat
 import pytest
-from notebook_utils import NOTEBOOKS, ROOT, execute, verdicts
-
 from classroom import exercise_labels, exercises_only, grade, insert_solutions, make_student, split_solutions
+from notebook_utils import NOTEBOOKS, ROOT, execute, verdicts
 
 
 def _student_then_solved(path):

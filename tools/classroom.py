@@ -167,14 +167,16 @@ def grade(submissions: Path, out: Path, timeout: int) -> list[dict]:
         try:
             expected = exercise_labels(nbformat.read(notebook, as_version=4))
         except Exception:  # unreadable file: record it and go on
-            rows.append({"student": student, "notebook": rel.name, "exercise": "*", "status": "unreadable", "seconds": 0})
+            rows.append({"student": student, "notebook": rel.name, "exercise": "*", "status": "unreadable",
+                         "seconds": 0})
             continue
         outcome, verdicts, seconds = grade_notebook(notebook, timeout)
         missing = "missing" if outcome == "completed" else outcome
         for label in dict.fromkeys(expected + list(verdicts)):
             rows.append({"student": student, "notebook": rel.name, "exercise": label,
                          "status": verdicts.get(label, missing), "seconds": round(seconds, 1)})
-        print(f"{student}/{rel.name}: {outcome}, {sum(v == 'passed' for v in verdicts.values())}/{len(expected)} passed")
+        passed = sum(v == "passed" for v in verdicts.values())
+        print(f"{student}/{rel.name}: {outcome}, {passed}/{len(expected)} passed")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["student", "notebook", "exercise", "status", "seconds"])

@@ -27,5 +27,6 @@ def _check_matmul(matmul_dots) -> None:
     except NotImplementedError:
         raise
     except Exception as error:
-        raise CheckFailed(f"mismatched shapes (2, 3) @ (4, 2) raised {type(error).__name__}, expected ValueError") from None
+        raise CheckFailed(f"mismatched shapes (2, 3) @ (4, 2) raised {type(error).__name__}, "
+                          "expected ValueError") from None
     raise CheckFailed("mismatched shapes (2, 3) @ (4, 2) should raise ValueError, but your function returned")
