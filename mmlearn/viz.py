@@ -146,7 +146,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, labels: Sequence[str], *, title:
     if ax is None:
         size = 1.0 + 0.55 * len(labels)
         _, ax = plt.subplots(figsize=(size + 1.0, size))
-    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(rows.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set(xlabel="predicted class", ylabel="true class", title=title or "confusion matrix")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import nbformat
+from classroom import toc_notebooks  # tools/ is on sys.path (tests/conftest.py)
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-from classroom import toc_notebooks  # noqa: E402
 
 NOTEBOOKS = toc_notebooks(ROOT)
 

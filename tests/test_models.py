@@ -1,0 +1,351 @@
+"""Tests of mmlearn.models: ViT, text encoder, CLIP, zero-shot, captioner + beam search, gated
+cross-attention, TinyVLM."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlearn.models import (
+    CLIP,
+    Captioner,
+    GatedCrossAttention,
+    TextTransformer,
+    TinyVLM,
+    VisionTransformer,
+    zero_shot_classify,
+)
+
+V = 12  # vocabulary size of the toy texts (ids 0..3 are <pad> <unk> <bos> <eos>)
+
+
+class VectorEncoder(nn.Module):
+    """A linear 'encoder' of flat vectors, so that tests can build CLIPs on toy data."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.lin, self.out_dim = nn.Linear(d_in, d_out), d_out
+
+    def forward(self, x, mask=None):
+        return self.lin(x)
+
+
+class TokenEncoder(nn.Module):
+    """Images (B, 3, 8, 8) -> 4 tokens (B, 4, d): a 4x4 patch conv; the memory of the toy captioner."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.conv, self.out_dim = nn.Conv2d(3, d, 4, stride=4), d
+
+    def forward(self, images):
+        return self.conv(images).flatten(2).transpose(1, 2)   # (B, 4, d)
+
+
+def tiny_captioner(device, **kw) -> Captioner:
+    return Captioner(V, TokenEncoder(), dim=16, depth=1, num_heads=2, max_len=8, **kw).to(device)
+
+
+# ---- ViT ----------------------------------------------------------------------------------------
+
+
+def test_vit_shapes(device):
+    vit = VisionTransformer(16, 4, dim=32, depth=1, num_heads=4).to(device)
+    x = torch.rand(3, 3, 16, 16, device=device)
+    assert vit.tokens(x).shape == (3, 1 + 16, 32)
+    assert vit(x).shape == (3, 32)
+    assert VisionTransformer(16, 8, dim=32, depth=1, num_classes=5).to(device)(x).shape == (3, 5)
+    mean_pool = VisionTransformer(16, 4, dim=32, depth=1, pool="mean").to(device)
+    torch.testing.assert_close(mean_pool(x), mean_pool.tokens(x)[:, 1:].mean(1))
+
+
+def test_vit_sees_every_patch(device):
+    """Changing one pixel changes the [CLS] output: attention mixes every patch into it."""
+    vit = VisionTransformer(16, 4, dim=32, depth=1, num_heads=4).to(device).double()
+    x = torch.rand(1, 3, 16, 16, device=device, dtype=torch.float64)
+    y = x.clone()
+    y[0, :, 15, 15] += 1.0
+    assert not torch.allclose(vit(x), vit(y))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16), (2, 1, 16, 16), (2, 3, 12, 12)])
+def test_vit_bad_images(shape):
+    with pytest.raises(ValueError, match="images must be"):
+        VisionTransformer(16, 4, dim=32, depth=1)(torch.rand(shape))
+
+
+# ---- text encoder -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool, causal", [("mean", False), ("last", True), ("last", False)])
+def test_text_transformer_ignores_padding(device, pool, causal):
+    enc = TextTransformer(V, 16, depth=2, num_heads=2, max_len=10, pool=pool, causal=causal).to(device).double()
+    ids = torch.tensor([[4, 5, 6], [7, 8, 9]], device=device)
+    padded = torch.cat([ids, torch.zeros(2, 4, dtype=torch.long, device=device)], dim=1)
+    torch.testing.assert_close(enc(ids), enc(padded))
+    assert enc(ids).shape == (2, 16)
+
+
+def test_text_bag_of_words_ignores_order(device):
+    enc = TextTransformer(V, 16, depth=0).to(device)
+    a = torch.tensor([[4, 5, 6]], device=device)
+    torch.testing.assert_close(enc(a), enc(a.flip(1)))
+    torch.testing.assert_close(enc(a), enc.embed(a).mean(1))
+
+
+def test_text_bad_input():
+    enc = TextTransformer(V, 16, depth=1, max_len=4)
+    with pytest.raises(ValueError, match="ids must lie in"):
+        enc(torch.tensor([[1, V]]))
+    with pytest.raises(ValueError, match="1 <= L <= 4"):
+        enc(torch.ones(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor"):
+        enc(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="at least one real token"):
+        enc(torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="mask must be a bool"):
+        enc(torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3))
+
+
+# ---- CLIP ---------------------------------------------------------------------------------------
+
+
+def toy_clip(device, d=6, embed_dim=5, d_text=7) -> CLIP:
+    return CLIP(VectorEncoder(d, 8), VectorEncoder(d, d_text), embed_dim).to(device).double()
+
+
+def test_clip_shapes_and_unit_embeddings(device):
+    model = toy_clip(device)
+    x, t = torch.randn(4, 6, device=device, dtype=torch.float64), torch.randn(3, 6, device=device, dtype=torch.float64)
+    assert model(x, t).shape == (4, 3)
+    torch.testing.assert_close(model.encode_image(x).norm(dim=1), torch.ones(4, device=device, dtype=torch.float64))
+    torch.testing.assert_close(model.encode_text(t).norm(dim=1), torch.ones(3, device=device, dtype=torch.float64))
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+
+
+def test_clip_loss_by_hand(device):
+    """Symmetric InfoNCE written with explicit sums over the rows and the columns."""
+    model = toy_clip(device)
+    x, t = torch.randn(5, 6, device=device, dtype=torch.float64), torch.randn(5, 6, device=device, dtype=torch.float64)
+    img = model.image_proj(model.image_encoder(x))
+    txt = model.text_proj(model.text_encoder(t))
+    img, txt = img / img.norm(dim=1, keepdim=True), txt / txt.norm(dim=1, keepdim=True)
+    s = math.exp(math.log(1 / 0.07)) * img @ txt.T
+    rows = sum(-(s[i, i] - torch.logsumexp(s[i], 0)) for i in range(5)) / 5
+    cols = sum(-(s[i, i] - torch.logsumexp(s[:, i], 0)) for i in range(5)) / 5
+    torch.testing.assert_close(model.loss(x, t), (rows + cols) / 2)
+    torch.testing.assert_close(model(x, t), s)
+
+
+def test_clip_temperature_clamp(device):
+    model = toy_clip(device)
+    x, t = torch.randn(4, 6, device=device, dtype=torch.float64), torch.randn(4, 6, device=device, dtype=torch.float64)
+    cos = model.encode_image(x) @ model.encode_text(t).T
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)                      # e^10 = 22026 would be the multiplier
+    torch.testing.assert_close(model(x, t), 100.0 * cos)   # ... but it is clamped at 100
+    model.loss(x, t).backward()
+    assert model.logit_scale.grad.item() == 0.0           # above the clamp the temperature stops learning
+    model.zero_grad()
+    with torch.no_grad():
+        model.logit_scale.fill_(1.0)
+    model.loss(x, t).backward()
+    assert model.logit_scale.grad.item() != 0.0
+
+
+def test_clip_bad_input():
+    with pytest.raises(ValueError, match="out_dim"):
+        CLIP(nn.Linear(3, 4), VectorEncoder(3, 4))
+    with pytest.raises(ValueError, match="init_temperature"):
+        CLIP(VectorEncoder(3, 4), VectorEncoder(3, 4), init_temperature=0.001)
+    model = CLIP(VectorEncoder(3, 4), VectorEncoder(3, 4))
+    with pytest.raises(ValueError, match="one text per image"):
+        model.loss(torch.randn(3, 3), torch.randn(2, 3))
+
+
+def test_zero_shot_classify(device):
+    model = toy_clip(device, d_text=8)
+    x, prompts = torch.randn(10, 6, device=device, dtype=torch.float64), torch.randn(4, 6, device=device,
+                                                                                     dtype=torch.float64)
+    expected = (model.encode_image(x) @ model.encode_text(prompts).T).argmax(1)
+    torch.testing.assert_close(zero_shot_classify(model, x, prompts), expected)
+    # prompts that ARE the images' texts: each image picks its own (the embeddings coincide)
+    model.text_encoder.lin.load_state_dict(model.image_encoder.lin.state_dict())
+    model.text_proj.load_state_dict(model.image_proj.state_dict())
+    torch.testing.assert_close(zero_shot_classify(model, x, x), torch.arange(10, device=device))
+    with pytest.raises(ValueError, match="mmlearn.models.CLIP"):
+        zero_shot_classify(nn.Linear(2, 2), x, prompts)
+
+
+def test_clip_learns(device):
+    """A seeded tiny run: 16 'concepts', images and texts are two noisy views of them."""
+    torch.manual_seed(0)
+    concepts = torch.randn(16, 8)
+    model = CLIP(VectorEncoder(8, 16), VectorEncoder(8, 16), 8).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        c = concepts[torch.randperm(16)].to(device)
+        loss = model.loss(c + 0.1 * torch.randn_like(c), c @ torch.eye(8, device=device).flip(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1    # log(16) = 2.77 at chance
+
+
+# ---- captioner ----------------------------------------------------------------------------------
+
+
+def test_captioner_shapes_causality_and_image_dependence(device):
+    model = tiny_captioner(device).double()
+    images = torch.rand(2, 3, 8, 8, device=device, dtype=torch.float64)
+    ids = torch.tensor([[2, 4, 5, 6, 3], [2, 7, 8, 3, 0]], device=device)
+    logits = model(images, ids)
+    assert logits.shape == (2, 5, V)
+    changed = ids.clone()
+    changed[:, 3] = 9
+    torch.testing.assert_close(model(images, changed)[:, :3], logits[:, :3])   # the past ignores the future
+    assert not torch.allclose(model(images, changed)[:, 3:], logits[:, 3:])
+    assert not torch.allclose(model(images.flip(0), ids), logits)               # the words depend on the image
+
+
+def test_captioner_loss_ignores_padding(device):
+    model = tiny_captioner(device).double()
+    images = torch.rand(1, 3, 8, 8, device=device, dtype=torch.float64)
+    ids = torch.tensor([[2, 4, 5, 3]], device=device)
+    padded = torch.tensor([[2, 4, 5, 3, 0, 0]], device=device)
+    torch.testing.assert_close(model.loss(images, padded), model.loss(images, ids))
+    by_hand = -F.log_softmax(model(images, ids[:, :-1]), -1)[0, torch.arange(3), ids[0, 1:]].mean()
+    torch.testing.assert_close(model.loss(images, ids), by_hand)
+
+
+def test_captioner_attention_maps(device):
+    model = tiny_captioner(device)
+    maps = model.attention_maps(torch.rand(2, 3, 8, 8, device=device), torch.tensor([[2, 4, 5]] * 2, device=device))
+    assert maps.shape == (1, 2, 3, 4)                                  # (depth, B, T, S)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(1, 2, 3, device=device))
+
+
+def _sequence_log_probs(model, memory, seqs) -> torch.Tensor:
+    """log p(seq | image) of each row of seqs (R, T) = [<bos>, w1, ..., <eos>, <pad>...], by teacher forcing."""
+    logp = F.log_softmax(model.decode(memory.expand(len(seqs), -1, -1), seqs[:, :-1]), -1)   # (R, T-1, V)
+    tok = logp.gather(-1, seqs[:, 1:, None])[..., 0]                                         # (R, T-1)
+    after_eos = (seqs[:, :-1] == 3).cumsum(1) > 0                                            # past the end
+    return tok.masked_fill(after_eos, 0.0).sum(1)
+
+
+def test_beam_one_equals_greedy(device):
+    torch.manual_seed(1)
+    model = tiny_captioner(device).eval()
+    images = torch.rand(6, 3, 8, 8, device=device)
+    memory = model.encode(images)
+    torch.testing.assert_close(model._beam(memory, 6, 1), model._greedy(memory, 6))
+    assert model.generate(images, 6, beam_size=1) == model._strip(model._beam(memory, 6, 1))
+
+
+def test_beam_search_is_exact_when_the_beam_holds_every_prefix(device):
+    """With k >= V^(max_len-1) no prefix is ever pruned: beam search finds the most likely sequence."""
+    torch.manual_seed(2)
+    vocab, max_len = 5, 3
+    model = Captioner(vocab, TokenEncoder(), dim=16, depth=1, num_heads=2, max_len=4).to(device).double().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(8.0)                                   # peaky, so that greedy is not optimal
+    seqs = []                                                         # every sequence; it stops at <eos>
+    for n in range(1, max_len + 1):
+        for words in itertools.product(range(vocab), repeat=n):
+            if 3 not in words[:-1] and (n == max_len or words[-1] == 3):
+                seqs.append([2, *words] + [0] * (max_len - n))
+    seqs = torch.tensor(seqs, device=device)                          # (85, 4)
+    for _ in range(2):
+        memory = model.encode(torch.rand(1, 3, 8, 8, device=device, dtype=torch.float64))
+        best = _sequence_log_probs(model, memory, seqs).max().item()
+        raw = model._beam(memory, max_len, vocab ** (max_len - 1))   # (1, <= max_len + 1)
+        raw = F.pad(raw, (0, max_len + 1 - raw.shape[1]))
+        assert _sequence_log_probs(model, memory, raw).item() == pytest.approx(best, abs=1e-9)
+
+
+def test_generate_shapes_and_bad_input(device):
+    model = tiny_captioner(device)
+    out = model.generate(torch.rand(3, 3, 8, 8, device=device), 5, beam_size=3)
+    assert len(out) == 3 and all(len(o) <= 5 and 2 not in o and 3 not in o for o in out)
+    with pytest.raises(ValueError, match="max_len must be"):
+        model.generate(torch.rand(1, 3, 8, 8, device=device), 8)
+    with pytest.raises(ValueError, match="beam_size must be"):
+        model.generate(torch.rand(1, 3, 8, 8, device=device), 3, beam_size=0)
+    with pytest.raises(ValueError, match="token sequence"):
+        Captioner(V, VectorEncoder(4, 4)).generate(torch.rand(2, 4), 3)
+
+
+def test_captioner_learns(device):
+    """Seeded: the caption names the colour (R, G or B) of a flat image — the loss falls below 0.05."""
+    torch.manual_seed(0)
+    model = tiny_captioner(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        c = torch.randint(0, 3, (32,), device=device)
+        images = F.one_hot(c, 3).float()[:, :, None, None].expand(32, 3, 8, 8)
+        ids = torch.stack([torch.full_like(c, 2), 4 + c, torch.full_like(c, 3)], 1)   # <bos> colour <eos>
+        loss = model.loss(images, ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    assert model.generate(torch.eye(3, device=device)[:, :, None, None].expand(3, 3, 8, 8), 3) == [[4], [5], [6]]
+
+
+# ---- gated cross-attention ----------------------------------------------------------------------
+
+
+def test_gated_cross_attention_starts_as_identity(device):
+    layer = GatedCrossAttention(16, 4).to(device).double()
+    x = torch.randn(2, 5, 16, device=device, dtype=torch.float64)
+    media = torch.randn(2, 7, 16, device=device, dtype=torch.float64)
+    assert torch.equal(layer(x, media), x)                      # exactly, not approximately
+    # ... and only the gates get a gradient at the first step
+    layer(x, media).square().sum().backward()
+    assert layer.alpha_attn.grad.abs().item() > 0
+    assert layer.attn.in_proj_weight.grad.abs().max().item() == 0.0
+    with torch.no_grad():
+        layer.alpha_attn.fill_(0.5)
+    assert not torch.allclose(layer(x, media), x)
+    assert layer.weights.shape == (2, 5, 7)
+
+
+# ---- TinyVLM ------------------------------------------------------------------------------------
+
+
+def tiny_vlm(device) -> TinyVLM:
+    return TinyVLM(TokenEncoder(), V, dim=16, depth=1, num_heads=2, max_len=8).to(device)
+
+
+def test_tiny_vlm_shapes_and_frozen_encoder(device):
+    model = tiny_vlm(device)
+    images, ids = torch.rand(2, 3, 8, 8, device=device), torch.tensor([[2, 4, 5, 6], [2, 7, 8, 6]], device=device)
+    assert model(images, ids).shape == (2, 4, V)
+    target = torch.tensor([[0, 0, 0, 1], [0, 0, 0, 1]], dtype=torch.bool, device=device)
+    model.train()
+    model.loss(images, ids, target).backward()
+    assert all(p.grad is None for p in model.vision_encoder.parameters())
+    assert model.projector.weight.grad is not None
+    assert not model.vision_encoder.training
+    # the loss counts the answer only: position 3, predicted from position 2
+    by_hand = F.cross_entropy(model(images, ids[:, :-1])[:, 2], ids[:, 3])
+    torch.testing.assert_close(model.loss(images, ids, target), by_hand)
+
+
+def test_tiny_vlm_generate(device):
+    model = tiny_vlm(device)
+    prompts = torch.tensor([[2, 4, 5, 0], [2, 4, 5, 6]], device=device)
+    out = model.generate(torch.rand(2, 3, 8, 8, device=device), prompts, max_new_tokens=3)
+    assert len(out) == 2 and all(len(o) <= 3 for o in out)
+    # a right-padded prompt gives what the unpadded prompt gives
+    alone = model.generate(torch.rand(2, 3, 8, 8, device=device)[:1], prompts[:1, :3], max_new_tokens=3)
+    assert len(alone[0]) <= 3
+    with pytest.raises(ValueError, match="target_mask must be bool"):
+        model.loss(torch.rand(1, 3, 8, 8, device=device), prompts[:1], torch.zeros(1, 4, dtype=torch.bool,
+                                                                                   device=device))
+    with pytest.raises(ValueError, match="one text per image"):
+        model(torch.rand(3, 3, 8, 8, device=device), prompts)
