@@ -15,6 +15,7 @@ from mmlearn.models import (
     CLIP,
     Captioner,
     GatedCrossAttention,
+    GridEncoder,
     TextTransformer,
     TinyVLM,
     VisionTransformer,
@@ -76,6 +77,22 @@ def test_vit_sees_every_patch(device):
 def test_vit_bad_images(shape):
     with pytest.raises(ValueError, match="images must be"):
         VisionTransformer(16, 4, dim=32, depth=1)(torch.rand(shape))
+
+
+# ---- grid encoder -------------------------------------------------------------------------------
+
+
+def test_grid_encoder_tokens_know_their_cell(device):
+    enc = GridEncoder(3, width=4, image_size=16).to(device).eval()
+    x = torch.rand(2, 3, 16, 16, device=device)
+    tokens = enc(x)
+    assert tokens.shape == (2, 4, 16) and enc.out_dim == 16
+    feats = enc.features(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens - feats, enc.pos.expand(2, -1, -1))   # position embedding per cell
+    with pytest.raises(ValueError, match="multiple of 8"):
+        GridEncoder(image_size=20)
+    with pytest.raises(ValueError, match="images must be"):
+        enc(torch.rand(2, 3, 32, 32, device=device))
 
 
 # ---- text encoder -------------------------------------------------------------------------------
@@ -248,17 +265,18 @@ def test_beam_one_equals_greedy(device):
 
 def test_beam_search_is_exact_when_the_beam_holds_every_prefix(device):
     """With k >= V^(max_len-1) no prefix is ever pruned: beam search finds the most likely sequence."""
+    # V = 5 ids, of which <pad> = 0 and <bos> = 2 are never generated: the words are 1, 3 (<eos>) and 4
     torch.manual_seed(2)
     vocab, max_len = 5, 3
     model = Captioner(vocab, TokenEncoder(), dim=16, depth=1, num_heads=2, max_len=4).to(device).double().eval()
     with torch.no_grad():
         model.head.weight.mul_(8.0)                                   # peaky, so that greedy is not optimal
-    seqs = []                                                         # every sequence; it stops at <eos>
+    seqs = []                                  # every sequence of allowed words (no <pad>, <bos>); it stops at <eos>
     for n in range(1, max_len + 1):
-        for words in itertools.product(range(vocab), repeat=n):
+        for words in itertools.product((1, 3, 4), repeat=n):
             if 3 not in words[:-1] and (n == max_len or words[-1] == 3):
                 seqs.append([2, *words] + [0] * (max_len - n))
-    seqs = torch.tensor(seqs, device=device)                          # (85, 4)
+    seqs = torch.tensor(seqs, device=device)                          # (1 + 2 + 12 = 15 sequences, 4)
     for _ in range(2):
         memory = model.encode(torch.rand(1, 3, 8, 8, device=device, dtype=torch.float64))
         best = _sequence_log_probs(model, memory, seqs).max().item()
@@ -269,8 +287,11 @@ def test_beam_search_is_exact_when_the_beam_holds_every_prefix(device):
 
 def test_generate_shapes_and_bad_input(device):
     model = tiny_captioner(device)
-    out = model.generate(torch.rand(3, 3, 8, 8, device=device), 5, beam_size=3)
-    assert len(out) == 3 and all(len(o) <= 5 and 2 not in o and 3 not in o for o in out)
+    with torch.no_grad():
+        model.head.bias[[0, 2]] = 100.0                               # it would love to write <pad> and <bos>
+    for k in (1, 3):
+        out = model.generate(torch.rand(3, 3, 8, 8, device=device), 5, beam_size=k)
+        assert len(out) == 3 and all(len(o) <= 5 and not {0, 2, 3} & set(o) for o in out)
     with pytest.raises(ValueError, match="max_len must be"):
         model.generate(torch.rand(1, 3, 8, 8, device=device), 8)
     with pytest.raises(ValueError, match="beam_size must be"):
@@ -318,7 +339,7 @@ def test_gated_cross_attention_starts_as_identity(device):
 
 
 def tiny_vlm(device) -> TinyVLM:
-    return TinyVLM(TokenEncoder(), V, dim=16, depth=1, num_heads=2, max_len=8).to(device)
+    return TinyVLM(TokenEncoder(), V, dim=16, depth=1, num_heads=2, max_len=12).to(device)
 
 
 def test_tiny_vlm_shapes_and_frozen_encoder(device):
@@ -334,6 +355,29 @@ def test_tiny_vlm_shapes_and_frozen_encoder(device):
     # the loss counts the answer only: position 3, predicted from position 2
     by_hand = F.cross_entropy(model(images, ids[:, :-1])[:, 2], ids[:, 3])
     torch.testing.assert_close(model.loss(images, ids, target), by_hand)
+
+
+def test_tiny_vlm_with_a_connector_module(device):
+    """K learned tokens instead of S projected ones: the LM sequence gets K = 2 image tokens."""
+
+    class TwoQueries(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.queries = nn.Parameter(torch.randn(2, 16))
+
+        def forward(self, feats):                                   # (B, S, 16) -> (B, 2, 16)
+            w = (self.queries @ feats.transpose(1, 2)).softmax(-1)  # (B, 2, S)
+            return w @ feats
+
+    model = TinyVLM(TokenEncoder(), V, dim=16, depth=1, num_heads=2, max_len=12, connector=TwoQueries()).to(device)
+    images = torch.rand(3, 3, 8, 8, device=device)
+    assert model.image_tokens(images).shape == (3, 2, 16)
+    assert model(images, torch.tensor([[2, 4, 5]] * 3, device=device)).shape == (3, 3, V)
+    bad = TinyVLM(TokenEncoder(), V, dim=8, depth=1, num_heads=2, connector=nn.Identity()).to(device)
+    with pytest.raises(ValueError, match="connector must return"):
+        bad.image_tokens(images)
+    with pytest.raises(ValueError, match="must fit max_len"):
+        model(images, torch.full((3, 11), 4, device=device))
 
 
 def test_tiny_vlm_generate(device):

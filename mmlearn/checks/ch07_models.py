@@ -1,0 +1,146 @@
+"""Checks for the exercises of chapter 7 (notebooks/07_multimodal_transformers_*.ipynb)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from mmlearn.checks import CheckFailed, expect_close, expect_number, fresh_generator, register
+
+F64 = torch.float64
+
+
+def _call(fn, *args, what: str):
+    """Call the student's function; turn a crash into a specific message (NotImplementedError passes)."""
+    try:
+        return fn(*args)
+    except (NotImplementedError, CheckFailed):
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{what}: your function raised {type(error).__name__}: {error}") from None
+
+
+def _randint(gen: torch.Generator, low: int, high: int) -> int:
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
+# ---- 07_multimodal_transformers_vit ------------------------------------------------------------
+
+@register("ex-ch07-resize-pos", hint="Make the embeddings a (1, d, g, g) image (features as channels, grid row by "
+                                     "row), interpolate bilinearly with align_corners=False, and undo the reshapes.")
+def _check_resize_pos(resize_positions) -> None:
+    import torch.nn.functional as F
+
+    gen = fresh_generator()
+    for case in range(4):
+        g, G, d = _randint(gen, 2, 5), _randint(gen, 2, 9), _randint(gen, 1, 6)
+        pos = torch.randn(g * g, d, generator=gen, dtype=F64)
+        want = F.interpolate(pos.T.reshape(1, d, g, g), size=(G, G), mode="bilinear",
+                             align_corners=False).reshape(d, G * G).T
+        got = _call(resize_positions, pos.clone(), G, what=f"case {case}")
+        expect_close(got, want, what=f"case {case}: {g}x{g} grid of {d}-dim embeddings resized to {G}x{G}",
+                     atol=1e-10, rtol=1e-8)
+
+
+@register("ex-ch07-vit-scores", hint="Count the tokens first: (224 / 16)² patches plus one [CLS] token. "
+                                     "Every token scores every token.")
+def _check_vit_scores(answer) -> None:
+    expect_number(answer, (14 * 14 + 1) ** 2, what="attention scores per head and layer", tol=0.5)
+
+
+# ---- 07_multimodal_transformers_clip -----------------------------------------------------------
+
+@register("ex-ch07-clip-loss", hint="Normalise both sets of rows, multiply by exp(logit_scale) (it is a LOG), and "
+                                    "average the cross-entropy of the rows and of the columns with targets 0..N-1.")
+def _check_clip_loss(clip_loss) -> None:
+    from mmlearn.losses import clip_loss as reference
+
+    gen = fresh_generator()
+    for case in range(4):
+        n, d = _randint(gen, 2, 9), _randint(gen, 2, 8)
+        img, txt = 3 * torch.randn(n, d, generator=gen, dtype=F64), torch.randn(n, d, generator=gen, dtype=F64)
+        s = float(torch.empty(1, dtype=F64).uniform_(0.0, 4.6, generator=gen))
+        got = _call(clip_loss, img.clone(), txt.clone(), torch.tensor(s, dtype=F64), what=f"case {case}")
+        want = reference(img, txt, torch.tensor(s, dtype=F64))
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and abs(float(got) - float(want)) > 1e-6:
+            wrong_scale = reference(img, txt, torch.tensor(math.log(s), dtype=F64)) if s > 0 else None
+            if wrong_scale is not None and abs(float(got) - float(wrong_scale)) < 1e-6:
+                raise CheckFailed(f"case {case}: logit_scale = {s:.3f} is the LOG of the multiplier: "
+                                  f"multiply by exp(logit_scale), not by logit_scale")
+        expect_close(got, want, what=f"case {case}: N={n}, d={d}, logit_scale={s:.3f}", atol=1e-8, rtol=1e-6)
+
+
+@register("ex-ch07-loss-floor", hint="Count how often each caption occurs in the batch (collections.Counter); "
+                                     "pair i contributes log(multiplicity of its caption).")
+def _check_loss_floor(loss_floor) -> None:
+    gen = fresh_generator()
+    words = ["a red circle", "a blue square", "a green triangle", "a small red circle", "a yellow square"]
+    for case in range(5):
+        n = _randint(gen, 1, 30)
+        captions = [words[int(i)] for i in torch.randint(0, _randint(gen, 1, len(words)), (n,), generator=gen)]
+        counts = Counter(captions)
+        want = sum(math.log(counts[c]) for c in captions) / n
+        got = _call(loss_floor, list(captions), what=f"case {case}")
+        expect_number(got, want, what=f"case {case}: floor for {n} captions with multiplicities "
+                      f"{sorted(counts.values(), reverse=True)}", tol=1e-9)
+
+
+# ---- 07_multimodal_transformers_captioning -----------------------------------------------------
+
+@register("ex-ch07-beam-step", hint="Add each beam's score to its log-probabilities and flatten the (k, V) candidates "
+                                    "of each image; the flat index of a winner holds its prefix and its word "
+                                    "(integer division and remainder by V).")
+def _check_beam_step(beam_step) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        B, k, V = _randint(gen, 1, 3), _randint(gen, 1, 4), _randint(gen, 4, 9)
+        scores = -5 * torch.rand(B, k, generator=gen, dtype=F64)
+        log_probs = torch.log_softmax(torch.randn(B, k, V, generator=gen, dtype=F64), dim=-1)
+        got = _call(beam_step, scores.clone(), log_probs.clone(), k, what=f"case {case}")
+        if not (isinstance(got, tuple) and len(got) == 3):
+            raise CheckFailed(f"case {case}: expected a tuple (new_scores, parent, token), got {type(got).__name__}")
+        new_scores, idx = (scores[:, :, None] + log_probs).view(B, k * V).topk(k, dim=1)
+        what = f"case {case} (B={B}, k={k}, V={V})"
+        expect_close(got[0], new_scores, what=f"{what}: new_scores (best first)", atol=1e-10)
+        for name, want, have in (("parent", idx // V, got[1]), ("token", idx % V, got[2])):
+            if not isinstance(have, torch.Tensor) or have.shape != want.shape or not torch.equal(have.long(), want):
+                shown = have[0].tolist() if isinstance(have, torch.Tensor) and have.ndim == 2 else have
+                raise CheckFailed(f"{what}: {name} should be a (B, k) integer tensor; first expected row "
+                                  f"{want[0].tolist()}, got {shown}")
+
+
+@register("ex-ch07-bleu2", hint="Count matching unigrams and bigrams (clipped), divide by the candidate's counts, "
+                                "take the geometric mean; here c = r, so BP = exp(1 - r/c) = 1.")
+def _check_bleu2(answer) -> None:
+    expect_number(answer, math.sqrt(8 / 9 * 6 / 8), what="BLEU-2 of the candidate", tol=5e-4)
+
+
+# ---- 07_multimodal_transformers_vlm ------------------------------------------------------------
+
+@register("ex-ch07-prefix-mask", hint="Start from the causal lower triangle, then open the prefix's columns to "
+                                      "every query.")
+def _check_prefix_mask(prefix_lm_mask) -> None:
+    gen = fresh_generator()
+    for case in range(5):
+        T = _randint(gen, 1, 9)
+        n = _randint(gen, 0, T)
+        want = torch.ones(T, T, dtype=torch.bool).tril()
+        want[:, :n] = True
+        got = _call(prefix_lm_mask, n, T, what=f"case {case}")
+        if not isinstance(got, torch.Tensor) or got.dtype != torch.bool or got.shape != want.shape:
+            raise CheckFailed(f"case {case}: expected a boolean ({T}, {T}) tensor (True = may attend), got "
+                              f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}"
+                              f"{' ' + str(got.dtype) if isinstance(got, torch.Tensor) else ''}")
+        bad = (got != want).nonzero()
+        if len(bad):
+            i, j = (int(v) for v in bad[0])
+            raise CheckFailed(f"case {case}: n_prefix={n}, T={T}: entry [query {i}, key {j}] should be "
+                              f"{bool(want[i, j])}")
+
+
+@register("ex-ch07-llava-tokens", hint="A ViT-L/14 cuts a 336 × 336 image into 14 × 14 patches; LLaVA's projector "
+                                       "maps each patch token (not the [CLS] token) to one LM token.")
+def _check_llava_tokens(answer) -> None:
+    expect_number(answer, (336 // 14) ** 2, what="image tokens LLaVA-1.5 adds to the prompt", tol=0.5)

@@ -1,0 +1,525 @@
+"""Multimodal Transformers (chapter 7): ViT, CLIP, an image captioner, gated cross-attention, a tiny VLM.
+
+Everything here is assembled from the chapter-6 pieces (:mod:`mmlearn.attention`) and the chapter-3
+patch embedding (:mod:`mmlearn.features`); no attention is re-implemented.
+
+- :class:`VisionTransformer` — patches -> tokens (+ a [CLS] token and learned positions) -> encoder.
+- :class:`TextTransformer` — word ids -> tokens -> encoder -> one vector (mean over real tokens, or the last).
+- :class:`CLIP` — two encoders, two projections, L2-normalised embeddings, a learnable temperature;
+  :func:`zero_shot_classify` turns it into a classifier from class *prompts*.
+- :class:`GridEncoder` — a small CNN whose last feature map is read as a grid of image tokens.
+- :class:`Captioner` — an image encoder and a causal text decoder that cross-attends to the image
+  tokens; teacher forcing for training, greedy and beam search for generation.
+- :class:`GatedCrossAttention` — Flamingo's layer: cross-attention and FFN behind ``tanh`` gates that
+  start at 0, so a pretrained language model is unchanged at initialisation.
+- :class:`TinyVLM` — LLaVA-style: a frozen vision encoder, a projector, and a small causal language
+  model that reads [image tokens; question] and writes the answer.
+
+Token conventions follow :mod:`mmlearn.preprocess.text`: ``<pad> = 0, <bos> = 2, <eos> = 3``; masks are
+boolean with True = real token; attention masks are True = may attend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmlearn._validate import require_floating, require_in, require_rank, require_tensor
+from mmlearn.attention import FeedForward, MultiHeadAttention, TransformerDecoder, TransformerEncoder
+from mmlearn.features import PatchEmbedding
+from mmlearn.losses import clip_loss
+
+__all__ = [
+    "VisionTransformer", "TextTransformer", "CLIP", "zero_shot_classify", "GridEncoder", "Captioner",
+    "GatedCrossAttention", "TinyVLM", "PAD_ID", "BOS_ID", "EOS_ID",
+]
+
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+
+
+# ---- input checks -------------------------------------------------------------------------------
+
+def _require_int(value: object, name: str, low: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _require_images(images: object, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    images = require_floating(require_rank(images, "images", 4, "(B, C, H, W)"), "images")
+    if images.shape[1] != channels or (size is not None and tuple(images.shape[2:]) != size):
+        want = f"(B, {channels}, {size[0]}, {size[1]})" if size is not None else f"(B, {channels}, H, W)"
+        raise ValueError(f"images must be {want}, got shape {tuple(images.shape)}")
+    return images
+
+
+def _require_ids(ids: object, vocab_size: int, max_len: int | None = None) -> torch.Tensor:
+    ids = require_rank(ids, "ids", 2, "(B, L) token ids")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+    if ids.shape[1] == 0 or (max_len is not None and ids.shape[1] > max_len):
+        raise ValueError(f"ids must be (B, L) with 1 <= L <= {max_len}, got shape {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"ids must lie in [0, {vocab_size}), got range [{int(ids.min())}, {int(ids.max())}]")
+    return ids
+
+
+def _require_mask(mask: torch.Tensor | None, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """The padding mask (B, L), True = real token; ``None`` means ``ids != pad_id``."""
+    if mask is None:
+        return ids != pad_id
+    mask = require_tensor(mask, "mask")
+    if mask.dtype != torch.bool or mask.shape != ids.shape:
+        raise ValueError(f"mask must be a bool tensor of the shape of ids {tuple(ids.shape)} (True = real token), "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    return mask
+
+
+def _out_dim(module: nn.Module, given: int | None, name: str) -> int:
+    """The feature size of an encoder: ``given``, else its ``out_dim`` attribute."""
+    dim = given if given is not None else getattr(module, "out_dim", None)
+    if dim is None:
+        raise ValueError(f"{name} has no out_dim attribute: pass {name.split('_')[0]}_dim explicitly")
+    return _require_int(dim, f"{name}.out_dim")
+
+
+# ---- ViT ----------------------------------------------------------------------------------------
+
+class VisionTransformer(nn.Module):
+    """ViT (Dosovitskiy et al., 2021):  z_0 = [x_cls; x_p^1 E; ...; x_p^N E] + E_pos,  z_L = Encoder(z_0).
+
+    ``forward(images (B, C, H, W))`` returns the pooled vector ``(B, dim)`` — the [CLS] token
+    (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``) — or the class logits
+    ``(B, num_classes)`` when ``num_classes`` is given. :meth:`tokens` returns every token
+    ``(B, 1 + N, dim)`` ([CLS] first), the sequence a captioner cross-attends to.
+    """
+
+    def __init__(self, image_size: int = 32, patch_size: int = 4, in_channels: int = 3, dim: int = 64,
+                 depth: int = 2, num_heads: int = 4, *, mlp_ratio: float = 2.0, num_classes: int | None = None,
+                 pool: str = "cls", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.pool = require_in(pool, "pool", ("cls", "mean"))
+        self.patch = PatchEmbedding(image_size, patch_size, in_channels, dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, 1 + self.patch.num_patches, dim))
+        self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.head = nn.Linear(dim, _require_int(num_classes, "num_classes", 2)) if num_classes is not None else None
+        self.in_channels, self.image_size, self.out_dim = in_channels, self.patch.image_size, dim
+        self.num_patches = self.patch.num_patches
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        images = _require_images(images, self.in_channels, self.image_size)
+        x = self.patch(images)                                            # (B, N, dim)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)         # (B, 1 + N, dim)
+        return self.encoder(x + self.pos)                                 # (B, 1 + N, dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.tokens(images)
+        h = z[:, 0] if self.pool == "cls" else z[:, 1:].mean(dim=1)       # (B, dim)
+        return self.head(h) if self.head is not None else h
+
+
+# ---- text encoder -------------------------------------------------------------------------------
+
+class TextTransformer(nn.Module):
+    """Word ids -> one vector:  h = Pool(Encoder(E[ids] + E_pos)),  padding masked out of attention.
+
+    ``pool="mean"`` averages the real tokens; ``pool="last"`` takes the last real token (CLIP's
+    choice, with ``causal=True`` so that this token has read the whole caption). ``depth=0`` is a
+    *bag of words*: the mean of the word embeddings, order ignored.
+    ``forward(ids (B, L), mask=None (B, L) bool, True = real token) -> (B, dim)``.
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 64, depth: int = 1, num_heads: int = 4, max_len: int = 32, *,
+                 pad_id: int = PAD_ID, causal: bool = False, pool: str = "mean", mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.vocab_size, self.max_len = _require_int(vocab_size, "vocab_size", 2), _require_int(max_len, "max_len")
+        self.pool = require_in(pool, "pool", ("mean", "last"))
+        if not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id must be in [0, {vocab_size}), got {pad_id!r}")
+        depth = _require_int(depth, "depth", 0)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(max_len, dim)) if depth > 0 else None
+        self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=causal) if depth else None
+        self.pad_id, self.out_dim = pad_id, dim
+
+    def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        ids = _require_ids(ids, self.vocab_size, self.max_len)
+        mask = _require_mask(mask, ids, self.pad_id)
+        x = self.embed(ids)                                               # (B, L, dim)
+        if self.encoder is not None:
+            x = self.encoder(x + self.pos[: ids.shape[1]], mask[:, None, :])  # keys: real tokens only
+        return x
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tokens(ids, mask)
+        mask = _require_mask(mask, ids, self.pad_id)
+        if not mask.any(dim=1).all():
+            raise ValueError("every text must have at least one real token: a row of mask is all False")
+        if self.pool == "last":
+            last = mask.long().cumsum(dim=1).argmax(dim=1)                # index of the last real token
+            return x[torch.arange(len(x), device=x.device), last]        # (B, dim)
+        m = mask.unsqueeze(-1).to(x.dtype)                                # (B, L, 1)
+        return (x * m).sum(dim=1) / m.sum(dim=1)                          # (B, dim)
+
+
+# ---- CLIP ---------------------------------------------------------------------------------------
+
+class CLIP(nn.Module):
+    """Contrastive image–text model (Radford et al., 2021).
+
+        I = normalize(W_i f(image)),  T = normalize(W_t g(text)),  logits = e^s I T^T,  e^s <= max_scale
+
+    ``s = logit_scale`` is learned in log space, initialised at log(1/0.07); the multiplier e^s is
+    clamped at ``max_scale`` = 100 (the gradient stops there, as in CLIP). ``forward(images, ids, mask)``
+    returns ``logits_per_image`` (N, N) (row = image, column = text; ``.T`` is ``logits_per_text``);
+    :meth:`loss` is the symmetric InfoNCE of :func:`mmlearn.losses.clip_loss`.
+    The encoders are any modules mapping images -> (B, d_i) and (ids, mask) -> (B, d_t).
+    """
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int = 32, *,
+                 image_dim: int | None = None, text_dim: int | None = None, init_temperature: float = 0.07,
+                 max_scale: float = 100.0) -> None:
+        super().__init__()
+        if not (isinstance(init_temperature, (int, float)) and init_temperature > 0
+                and isinstance(max_scale, (int, float)) and 1 <= 1 / init_temperature <= max_scale):
+            raise ValueError(f"need 1 <= 1/init_temperature <= max_scale, "
+                             f"got {init_temperature!r}, {max_scale!r}")
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        self.image_proj = nn.Linear(_out_dim(image_encoder, image_dim, "image_encoder"),
+                                    _require_int(embed_dim, "embed_dim"), bias=False)
+        self.text_proj = nn.Linear(_out_dim(text_encoder, text_dim, "text_encoder"), embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+        self.max_log_scale, self.embed_dim = math.log(max_scale), embed_dim
+
+    def clamped_logit_scale(self) -> torch.Tensor:
+        """s clamped at log(max_scale): the log of the multiplier actually used."""
+        return self.logit_scale.clamp(max=self.max_log_scale)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(self.image_encoder(images)), dim=-1)       # (N, E), unit rows
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text_encoder(ids, mask)), dim=-1)      # (M, E), unit rows
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        image_emb, text_emb = self.encode_image(images), self.encode_text(ids, mask)
+        return self.clamped_logit_scale().exp() * image_emb @ text_emb.T               # (N, M)
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Symmetric InfoNCE over the batch: pair i (image i, text i) is the positive of row and column i."""
+        image_emb, text_emb = self.encode_image(images), self.encode_text(ids, mask)
+        if len(image_emb) != len(text_emb):
+            raise ValueError(f"need one text per image, got {len(image_emb)} images and {len(text_emb)} texts")
+        return clip_loss(image_emb, text_emb, self.clamped_logit_scale())
+
+
+@torch.no_grad()
+def zero_shot_classify(model: CLIP, images: torch.Tensor, prompt_ids: torch.Tensor,
+                       prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Classify with text prompts: class(x) = argmax_c  I(x) · T(prompt_c).
+
+    ``prompt_ids`` ``(C, L)`` holds one prompt per class (e.g. "a large red circle"); returns the
+    predicted class indices ``(N,)``. No classifier was trained: the classes are whatever the prompts say.
+    """
+    if not isinstance(model, CLIP):
+        raise ValueError(f"model must be an mmlearn.models.CLIP, got {type(model).__name__}")
+    prompt_ids = require_rank(prompt_ids, "prompt_ids", 2, "(C, L) one prompt per class")
+    was_training = model.training
+    model.eval()
+    sim = model.encode_image(images) @ model.encode_text(prompt_ids, prompt_mask).T    # (N, C)
+    model.train(was_training)
+    return sim.argmax(dim=-1)
+
+
+# ---- captioning ---------------------------------------------------------------------------------
+
+class Captioner(nn.Module):
+    """Encoder–decoder captioner (Show-and-Tell made Transformer, with Show-Attend-and-Tell's attention):
+
+        M = W_m f(image)                       image tokens (B, S, dim): the memory
+        h = Decoder(E[w_<t] + E_pos, M)        causal self-attention + cross-attention to M
+        p(w_t | w_<t, image) = softmax(W_o h_t)
+
+    ``image_encoder`` maps images to a token sequence ``(B, S, image_dim)`` (a ViT's :meth:`tokens`,
+    a CNN feature grid). Training is teacher forcing (:meth:`loss`); :meth:`generate` decodes greedily
+    (``beam_size=1``) or with beam search. Ids follow :mod:`mmlearn.preprocess.text`: <bos> = 2, <eos> = 3.
+    """
+
+    def __init__(self, vocab_size: int, image_encoder: nn.Module, *, image_dim: int | None = None, dim: int = 64,
+                 depth: int = 2, num_heads: int = 4, max_len: int = 16, mlp_ratio: float = 2.0,
+                 pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> None:
+        super().__init__()
+        self.vocab_size, self.max_len = _require_int(vocab_size, "vocab_size", 4), _require_int(max_len, "max_len", 2)
+        self.image_encoder = image_encoder
+        self.image_proj = nn.Linear(_out_dim(image_encoder, image_dim, "image_encoder"), dim)
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(0.02 * torch.randn(max_len, dim))
+        self.decoder = TransformerDecoder(dim, depth, num_heads, mlp_ratio=mlp_ratio)
+        self.head = nn.Linear(dim, vocab_size)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The memory the decoder reads: image tokens projected to the decoder width, (B, S, dim)."""
+        feats = self.image_encoder(images)
+        if feats.ndim != 3:
+            raise ValueError(f"image_encoder must return a token sequence (B, S, d), got shape {tuple(feats.shape)}")
+        return self.image_proj(feats)                                       # (B, S, dim)
+
+    def decode(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) for every prefix of ``ids``; right padding is harmless (causal)."""
+        ids = _require_ids(ids, self.vocab_size, self.max_len)
+        x = self.embed(ids) + self.pos[: ids.shape[1]]                      # (B, T, dim)
+        return self.head(self.decoder(x, memory))                           # (B, T, V)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images), ids)
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing:  -(1/#targets) Σ_t log p(w_{t+1} | w_≤t, image)  over the real target tokens.
+
+        ``ids`` (B, T) = [<bos>, w_1, ..., w_n, <eos>, <pad>...]; ``mask`` True = real token.
+        """
+        mask = _require_mask(mask, _require_ids(ids, self.vocab_size, self.max_len + 1), self.pad_id)
+        logits = self(images, ids[:, :-1])                                   # (B, T-1, V): predicts ids[:, 1:]
+        target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)                 # padding is not a target
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Cross-attention weights of every decoder layer, averaged over heads: (depth, B, T, S).
+
+        Row t is where the decoder looked in the image while predicting token t + 1.
+        """
+        self.decode(self.encode(images), ids)
+        return torch.stack([block.cross_weights for block in self.decoder.blocks])
+
+    def _strip(self, seqs: torch.Tensor) -> list[list[int]]:
+        """Drop <bos>, cut at the first <eos> (what follows it is padding)."""
+        rows = seqs[:, 1:].tolist()
+        return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in rows]
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, max_len: int, beam_size: int = 1) -> list[list[int]]:
+        """Caption ids for each image (without <bos>/<eos>), at most ``max_len`` tokens.
+
+        ``beam_size=1``: greedy, w_t = argmax p(w | w_<t, image). ``beam_size=k``: keep the k prefixes of
+        highest log-probability Σ_t log p(w_t | w_<t, image); a finished hypothesis keeps its score.
+        <pad> and <bos> are never generated.
+        """
+        _require_int(max_len, "max_len")
+        if max_len + 1 > self.max_len:
+            raise ValueError(f"max_len must be <= {self.max_len - 1} (positions incl. <bos>), got {max_len}")
+        _require_int(beam_size, "beam_size")
+        was_training = self.training
+        self.eval()
+        memory = self.encode(images)                                          # (B, S, dim)
+        seqs = self._greedy(memory, max_len) if beam_size == 1 else self._beam(memory, max_len, beam_size)
+        self.train(was_training)
+        return self._strip(seqs)
+
+    def _next_log_probs(self, memory: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """log p(next word | prefix, image) (B, V); <pad> and <bos> are never generated (log p = -inf)."""
+        logp = F.log_softmax(self.decode(memory, seqs)[:, -1], dim=-1)       # (B, V)
+        logp[:, [self.pad_id, self.bos_id]] = float("-inf")
+        return logp
+
+    def _greedy(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
+        seqs = memory.new_full((len(memory), 1), self.bos_id, dtype=torch.long)
+        done = torch.zeros(len(memory), dtype=torch.bool, device=memory.device)
+        for _ in range(max_len):
+            nxt = self._next_log_probs(memory, seqs).argmax(dim=-1)           # (B,)
+            nxt = nxt.masked_fill(done, self.pad_id)
+            seqs, done = torch.cat([seqs, nxt[:, None]], dim=1), done | (nxt == self.eos_id)
+            if done.all():
+                break
+        return seqs
+
+    def _beam(self, memory: torch.Tensor, max_len: int, k: int) -> torch.Tensor:
+        B, V = len(memory), self.vocab_size
+        memory = memory.repeat_interleave(k, dim=0)                           # (B k, S, dim)
+        seqs = memory.new_full((B * k, 1), self.bos_id, dtype=torch.long)
+        scores = memory.new_full((B, k), float("-inf"))
+        scores[:, 0] = 0.0                                                    # one live beam at the start
+        done = torch.zeros(B * k, dtype=torch.bool, device=memory.device)
+        for _ in range(max_len):
+            logp = self._next_log_probs(memory, seqs)                         # (B k, V)
+            logp[done] = float("-inf")
+            logp[done, self.pad_id] = 0.0                                     # a finished beam only pads, for free
+            cand = (scores.reshape(B * k, 1) + logp).view(B, k * V)           # (B, k V)
+            scores, idx = cand.topk(k, dim=1)                                 # (B, k)
+            rows = (torch.arange(B, device=idx.device)[:, None] * k + idx // V).flatten()
+            tok = (idx % V).flatten()
+            seqs, done = torch.cat([seqs[rows], tok[:, None]], dim=1), done[rows] | (tok == self.eos_id)
+            if done.all():
+                break
+        best = scores.argmax(dim=1) + torch.arange(B, device=scores.device) * k
+        return seqs[best]
+
+
+# ---- Flamingo's gated cross-attention -----------------------------------------------------------
+
+class GatedCrossAttention(nn.Module):
+    """Flamingo's GATED XATTN-DENSE layer (Alayrac et al., 2022), inserted before a frozen LM block:
+
+        x <- x + tanh(α_attn) · CrossAttn(LN(x), media)
+        x <- x + tanh(α_ffn)  · FFN(LN(x))
+
+    α_attn = α_ffn = 0 at initialisation, so the layer is the identity and the language model starts
+    exactly as it was pretrained; training opens the gates. ``forward(x (B, T, dim), media (B, S, dim),
+    media_mask=None)`` (bool, broadcastable to (B, T, S), True = may attend) -> (B, T, dim).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.norm_attn, self.attn = nn.LayerNorm(dim), MultiHeadAttention(dim, num_heads)
+        self.norm_ffn, self.ffn = nn.LayerNorm(dim), FeedForward(dim, max(1, round(mlp_ratio * dim)))
+        self.alpha_attn = nn.Parameter(torch.zeros(()))
+        self.alpha_ffn = nn.Parameter(torch.zeros(()))
+        self.weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, media_mask: torch.Tensor | None = None) -> torch.Tensor:
+        a, weights = self.attn(self.norm_attn(x), media, media, media_mask)  # (B, T, dim), (B, T, S)
+        self.weights = weights.detach()
+        x = x + torch.tanh(self.alpha_attn) * a
+        return x + torch.tanh(self.alpha_ffn) * self.ffn(self.norm_ffn(x))
+
+
+# ---- a tiny LLaVA -------------------------------------------------------------------------------
+
+class TinyVLM(nn.Module):
+    """LLaVA-style vision–language model (Liu et al., 2023):
+
+        H_v = P(f(image))                           frozen vision encoder f, trainable projector P
+        h   = CausalLM([H_v; E[ids]] + E_pos)       one sequence: image tokens first, then the words
+        p(w_{t+1} | image, w_≤t) = softmax(W_o h_t)
+
+    ``vision_encoder`` maps images to tokens ``(B, S, vision_dim)`` and is frozen (``freeze_vision``):
+    no gradient, kept in eval mode. ``connector`` is ``"linear"`` (LLaVA), ``"mlp"`` (LLaVA-1.5) or any
+    module mapping ``(B, S, vision_dim)`` to ``(B, K, dim)`` (e.g. K learned queries, the Q-Former idea).
+    The positions ``E_pos`` run over the whole sequence, image tokens included (so the language model
+    knows which image token is which); ``max_len`` bounds S + T. ``forward(images, ids)`` returns the
+    logits of the text positions ``(B, T, V)``.
+    """
+
+    def __init__(self, vision_encoder: nn.Module, vocab_size: int, *, vision_dim: int | None = None, dim: int = 64,
+                 depth: int = 2, num_heads: int = 4, max_len: int = 48, mlp_ratio: float = 2.0,
+                 connector: str | nn.Module = "linear", freeze_vision: bool = True, pad_id: int = PAD_ID,
+                 bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> None:
+        super().__init__()
+        self.vocab_size, self.max_len = _require_int(vocab_size, "vocab_size", 4), _require_int(max_len, "max_len", 2)
+        d_v = _out_dim(vision_encoder, vision_dim, "vision_encoder")
+        self.vision_encoder, self.freeze_vision = vision_encoder, bool(freeze_vision)
+        if self.freeze_vision:
+            vision_encoder.requires_grad_(False)
+        if isinstance(connector, nn.Module):
+            self.projector = connector
+        elif require_in(connector, "connector", ("linear", "mlp")) == "linear":
+            self.projector = nn.Linear(d_v, dim)
+        else:
+            self.projector = nn.Sequential(nn.Linear(d_v, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(max_len, dim))   # the scale of the N(0, 1) word embeddings
+        self.lm = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=True)
+        self.head = nn.Linear(dim, vocab_size)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+
+    def train(self, mode: bool = True) -> TinyVLM:
+        super().train(mode)
+        if self.freeze_vision:
+            self.vision_encoder.eval()                                       # frozen: BatchNorm etc. stay fixed
+        return self
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """H_v = P(f(images)): (B, S, dim), in the language model's embedding space."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vision):
+            feats = self.vision_encoder(images)
+        if feats.ndim != 3:
+            raise ValueError(f"vision_encoder must return tokens (B, S, d), got shape {tuple(feats.shape)}")
+        h_v = self.projector(feats)
+        if h_v.ndim != 3 or h_v.shape[-1] != self.embed.embedding_dim:
+            raise ValueError(f"the connector must return (B, K, {self.embed.embedding_dim}), got {tuple(h_v.shape)}")
+        return h_v
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ids = _require_ids(ids, self.vocab_size, self.max_len)
+        h_v = self.image_tokens(images)                                      # (B, S, dim)
+        if len(h_v) != len(ids):
+            raise ValueError(f"need one text per image, got {len(h_v)} images and {len(ids)} texts")
+        S, T = h_v.shape[1], ids.shape[1]
+        if S + T > self.max_len:
+            raise ValueError(f"image tokens + text must fit max_len = {self.max_len}, got S = {S} and T = {T}")
+        x = torch.cat([h_v, self.embed(ids)], dim=1) + self.pos[: S + T]     # (B, S + T, dim)
+        return self.head(self.lm(x)[:, S:])                                  # (B, T, V): text positions only
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """-mean log p(ids[t] | image, ids[<t]) over the positions t where ``target_mask`` is True (the answer)."""
+        ids = _require_ids(ids, self.vocab_size, self.max_len + 1)
+        target_mask = require_tensor(target_mask, "target_mask")
+        if target_mask.dtype != torch.bool or target_mask.shape != ids.shape or not target_mask[:, 1:].any():
+            raise ValueError(f"target_mask must be bool of shape {tuple(ids.shape)} with a True after position 0, "
+                             f"got {target_mask.dtype} {tuple(target_mask.shape)}")
+        logits = self(images, ids[:, :-1])                                   # (B, T-1, V)
+        target = ids[:, 1:].masked_fill(~target_mask[:, 1:], -100)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, prompt_ids: torch.Tensor, max_new_tokens: int = 2,
+                 prompt_mask: torch.Tensor | None = None) -> list[list[int]]:
+        """Greedy continuation of each prompt (right-padded; ``prompt_mask`` True = real token), up to
+        ``max_new_tokens`` tokens or <eos>; returns the new ids without <eos>."""
+        prompt_ids = _require_ids(prompt_ids, self.vocab_size, self.max_len)
+        mask = _require_mask(prompt_mask, prompt_ids, self.pad_id)
+        _require_int(max_new_tokens, "max_new_tokens")
+        was_training = self.training
+        self.eval()
+        lengths, out = mask.sum(dim=1), [[] for _ in range(len(prompt_ids))]
+        for n in lengths.unique().tolist():                                 # prompts of one length together
+            rows = (lengths == n).nonzero().flatten()
+            seqs, done = prompt_ids[rows, :n], torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+            for _ in range(max_new_tokens):
+                nxt = self(images[rows], seqs)[:, -1].argmax(dim=-1).masked_fill(done, self.eos_id)
+                seqs, done = torch.cat([seqs, nxt[:, None]], dim=1), done | (nxt == self.eos_id)
+                if done.all():
+                    break
+            for r, row in zip(rows.tolist(), seqs[:, n:].tolist()):
+                out[r] = row[: row.index(self.eos_id)] if self.eos_id in row else row
+        self.train(was_training)
+        return out
+
+
+# ---- a CNN that returns image tokens -------------------------------------------------------------
+
+class GridEncoder(nn.Module):
+    """A small CNN read as a grid of tokens: three stride-2 ``conv3×3 → BatchNorm → ReLU`` blocks.
+
+        (B, C, H, W) -> feature map (B, 4w, H/8, W/8) -> tokens (B, H/8 · W/8, 4w) + E_pos
+
+    Each token describes one cell of the image, and the learned position embedding ``E_pos`` says which
+    cell — so a decoder cross-attending to the tokens can point at *where* things are. ``E_pos`` starts
+    at N(0, 1), the scale of the BatchNorm-ed features: a ViT-style 0.02 would be drowned by them and
+    training would take longer to discover where the cells are. The stride-2 convolutions make it cheap
+    enough to train on a CPU; ``out_dim = 4 · width``.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 16, image_size: int = 32) -> None:
+        super().__init__()
+        _require_int(in_channels, "in_channels")
+        _require_int(width, "width")
+        if _require_int(image_size, "image_size", 8) % 8:
+            raise ValueError(f"image_size must be a multiple of 8 (three stride-2 stages), got {image_size}")
+        layers, c = [], in_channels
+        for c_out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c = c_out
+        self.features = nn.Sequential(*layers)
+        self.grid = image_size // 8
+        self.pos = nn.Parameter(torch.randn(self.grid * self.grid, 4 * width))
+        self.in_channels, self.image_size, self.out_dim = in_channels, (image_size, image_size), 4 * width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = _require_images(images, self.in_channels, self.image_size)
+        return self.features(images).flatten(2).transpose(1, 2) + self.pos    # (B, grid², 4w)
