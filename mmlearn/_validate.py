@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -60,3 +61,13 @@ def require_in(value: object, name: str, choices: Iterable[object]) -> object:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def require_int(value: object, name: str, low: int = 1, high: int | None = None) -> int:
+    """Raise unless ``value`` is an integer (not a bool) with ``low <= value`` (``<= high`` if given)."""
+    bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int {bound}, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an int {bound}, got {value!r}")
+    return int(value)

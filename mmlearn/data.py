@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmlearn._validate import require_in
+from mmlearn._validate import require_in, require_int
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow")
@@ -67,14 +67,6 @@ EEG_SAMPLE_RATE = 80            # matplotlib's example plots the 800 samples ove
 
 
 # ---- validation --------------------------------------------------------------------------------
-
-def _require_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return int(value)
 
 
 def _rng(seed: int, split: str | None) -> np.random.Generator:
@@ -370,11 +362,11 @@ def make_shapes(n: int, *, image_size: int = 32, max_objects: int = 2, sample_ra
     exclude :data:`HELDOUT_COMBOS`; ``"heldout"`` puts at least one of them in every scene. Each
     (seed, split) gives its own, reproducible stream of scenes.
     """
-    n = _require_int(n, "n", 1)
-    image_size = _require_int(image_size, "image_size", MIN_IMAGE_SIZE)
-    max_objects = _require_int(max_objects, "max_objects", 1, MAX_OBJECTS)
-    sample_rate = _require_int(sample_rate, "sample_rate", MIN_SAMPLE_RATE)
-    seed = _require_int(seed, "seed", 0)
+    n = require_int(n, "n", 1)
+    image_size = require_int(image_size, "image_size", MIN_IMAGE_SIZE)
+    max_objects = require_int(max_objects, "max_objects", 1, MAX_OBJECTS)
+    sample_rate = require_int(sample_rate, "sample_rate", MIN_SAMPLE_RATE)
+    seed = require_int(seed, "seed", 0)
     if split is not None:
         require_in(split, "split", SPLITS)
     rng = _rng(seed, split)
@@ -463,10 +455,10 @@ def make_xor_modalities(n: int, *, dim: int = 8, noise: float = 0.5,
     (1 - q)² + q² (0.748 for noise = 0.5; 1 for noise = 0).
     Returns x_a, x_b float32 (n, dim) and y int64 (n,) in {0, 1}.
     """
-    n, dim = _require_int(n, "n", 1), _require_int(dim, "dim", 1)
+    n, dim = require_int(n, "n", 1), require_int(dim, "dim", 1)
     if not (isinstance(noise, (int, float)) and noise >= 0):
         raise ValueError(f"noise must be a number >= 0, got {noise!r}")
-    g = torch.Generator().manual_seed(_require_int(seed, "seed", 0))
+    g = torch.Generator().manual_seed(require_int(seed, "seed", 0))
     u, v = torch.randn(2, dim, generator=g, dtype=torch.float64)
     u, v = u / u.norm(), v / v.norm()
     x_a, x_b = torch.randn(2, n, dim, generator=g, dtype=torch.float64)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlearn._validate import require_floating, require_in, require_rank, require_tensor
+from mmlearn._validate import require_floating, require_in, require_int, require_rank, require_tensor
 from mmlearn.attention import FeedForward, MultiHeadAttention, TransformerDecoder, TransformerEncoder
 from mmlearn.features import PatchEmbedding
 from mmlearn.losses import clip_loss
@@ -41,11 +41,6 @@ PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 
 
 # ---- input checks -------------------------------------------------------------------------------
-
-def _require_int(value: object, name: str, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _require_images(images: object, channels: int, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -83,7 +78,7 @@ def _out_dim(module: nn.Module, given: int | None, name: str) -> int:
     dim = given if given is not None else getattr(module, "out_dim", None)
     if dim is None:
         raise ValueError(f"{name} has no out_dim attribute: pass {name.split('_')[0]}_dim explicitly")
-    return _require_int(dim, f"{name}.out_dim")
+    return require_int(dim, f"{name}.out_dim")
 
 
 # ---- ViT ----------------------------------------------------------------------------------------
@@ -106,7 +101,7 @@ class VisionTransformer(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(0.02 * torch.randn(1, 1 + self.patch.num_patches, dim))
         self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
-        self.head = nn.Linear(dim, _require_int(num_classes, "num_classes", 2)) if num_classes is not None else None
+        self.head = nn.Linear(dim, require_int(num_classes, "num_classes", 2)) if num_classes is not None else None
         self.in_channels, self.image_size, self.out_dim = in_channels, self.patch.image_size, dim
         self.num_patches = self.patch.num_patches
 
@@ -136,11 +131,11 @@ class TextTransformer(nn.Module):
     def __init__(self, vocab_size: int, dim: int = 64, depth: int = 1, num_heads: int = 4, max_len: int = 32, *,
                  pad_id: int = PAD_ID, causal: bool = False, pool: str = "mean", mlp_ratio: float = 2.0) -> None:
         super().__init__()
-        self.vocab_size, self.max_len = _require_int(vocab_size, "vocab_size", 2), _require_int(max_len, "max_len")
+        self.vocab_size, self.max_len = require_int(vocab_size, "vocab_size", 2), require_int(max_len, "max_len")
         self.pool = require_in(pool, "pool", ("mean", "last"))
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id must be in [0, {vocab_size}), got {pad_id!r}")
-        depth = _require_int(depth, "depth", 0)
+        depth = require_int(depth, "depth", 0)
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(0.02 * torch.randn(max_len, dim)) if depth > 0 else None
         self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=causal) if depth else None
@@ -190,7 +185,7 @@ class CLIP(nn.Module):
                              f"got {init_temperature!r}, {max_scale!r}")
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         self.image_proj = nn.Linear(_out_dim(image_encoder, image_dim, "image_encoder"),
-                                    _require_int(embed_dim, "embed_dim"), bias=False)
+                                    require_int(embed_dim, "embed_dim"), bias=False)
         self.text_proj = nn.Linear(_out_dim(text_encoder, text_dim, "text_encoder"), embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         self.max_log_scale, self.embed_dim = math.log(max_scale), embed_dim
@@ -253,7 +248,7 @@ class Captioner(nn.Module):
                  depth: int = 2, num_heads: int = 4, max_len: int = 16, mlp_ratio: float = 2.0,
                  pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> None:
         super().__init__()
-        self.vocab_size, self.max_len = _require_int(vocab_size, "vocab_size", 4), _require_int(max_len, "max_len", 2)
+        self.vocab_size, self.max_len = require_int(vocab_size, "vocab_size", 4), require_int(max_len, "max_len", 2)
         self.image_encoder = image_encoder
         self.image_proj = nn.Linear(_out_dim(image_encoder, image_dim, "image_encoder"), dim)
         self.embed = nn.Embedding(vocab_size, dim)
@@ -310,10 +305,10 @@ class Captioner(nn.Module):
         highest log-probability Σ_t log p(w_t | w_<t, image); a finished hypothesis keeps its score.
         <pad> and <bos> are never generated.
         """
-        _require_int(max_len, "max_len")
+        require_int(max_len, "max_len")
         if max_len + 1 > self.max_len:
             raise ValueError(f"max_len must be <= {self.max_len - 1} (positions incl. <bos>), got {max_len}")
-        _require_int(beam_size, "beam_size")
+        require_int(beam_size, "beam_size")
         was_training = self.training
         self.eval()
         memory = self.encode(images)                                          # (B, S, dim)
@@ -410,7 +405,7 @@ class TinyVLM(nn.Module):
                  connector: str | nn.Module = "linear", freeze_vision: bool = True, pad_id: int = PAD_ID,
                  bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> None:
         super().__init__()
-        self.vocab_size, self.max_len = _require_int(vocab_size, "vocab_size", 4), _require_int(max_len, "max_len", 2)
+        self.vocab_size, self.max_len = require_int(vocab_size, "vocab_size", 4), require_int(max_len, "max_len", 2)
         d_v = _out_dim(vision_encoder, vision_dim, "vision_encoder")
         self.vision_encoder, self.freeze_vision = vision_encoder, bool(freeze_vision)
         if self.freeze_vision:
@@ -473,7 +468,7 @@ class TinyVLM(nn.Module):
         ``max_new_tokens`` tokens or <eos>; returns the new ids without <eos>."""
         prompt_ids = _require_ids(prompt_ids, self.vocab_size, self.max_len)
         mask = _require_mask(prompt_mask, prompt_ids, self.pad_id)
-        _require_int(max_new_tokens, "max_new_tokens")
+        require_int(max_new_tokens, "max_new_tokens")
         was_training = self.training
         self.eval()
         lengths, out = mask.sum(dim=1), [[] for _ in range(len(prompt_ids))]
@@ -507,9 +502,9 @@ class GridEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, width: int = 16, image_size: int = 32) -> None:
         super().__init__()
-        _require_int(in_channels, "in_channels")
-        _require_int(width, "width")
-        if _require_int(image_size, "image_size", 8) % 8:
+        require_int(in_channels, "in_channels")
+        require_int(width, "width")
+        if require_int(image_size, "image_size", 8) % 8:
             raise ValueError(f"image_size must be a multiple of 8 (three stride-2 stages), got {image_size}")
         layers, c = [], in_channels
         for c_out in (width, 2 * width, 4 * width):
