@@ -9,7 +9,15 @@ import torch
 
 import mmlearn
 from mmlearn import checks
-from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, register
+from mmlearn.checks import (
+    CheckFailed,
+    call_student,
+    expect_close,
+    expect_equal,
+    expect_number,
+    expect_value_error,
+    register,
+)
 
 
 @pytest.fixture
@@ -71,6 +79,22 @@ def test_expect_helpers():
         expect_close(1.5, 1.0, what="x")
     with pytest.raises(CheckFailed, match="expected 'a'"):
         expect_equal("b", "a", what="x")
+    assert call_student(lambda a, b: a + b, 1, 2, what="x") == 3
+    with pytest.raises(CheckFailed, match="case 1: your function raised ZeroDivisionError"):
+        call_student(lambda: 1 / 0, what="case 1")
+    with pytest.raises(NotImplementedError):
+        call_student(lambda: (_ for _ in ()).throw(NotImplementedError), what="x")
+
+    def strict(x):
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+    expect_value_error(strict, -1, what="-1")
+    with pytest.raises(CheckFailed, match="-1 should raise a ValueError, but your function returned"):
+        expect_value_error(abs, -1, what="-1")
+    with pytest.raises(CheckFailed, match="raised TypeError; expected a ValueError"):
+        expect_value_error(strict, "a", what="'a'")
 
 
 def test_every_registered_check_rejects_a_stub():

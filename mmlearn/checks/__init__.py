@@ -119,6 +119,29 @@ def _describe(x: Any) -> str:
     return f"{type(x).__name__} {x!r}"
 
 
+def call_student(fn: Callable, *args: Any, what: str) -> Any:
+    """Call the student's function; a crash becomes specific feedback (NotImplementedError passes through)."""
+    try:
+        return fn(*args)
+    except (NotImplementedError, CheckFailed):
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{what}: your function raised {type(error).__name__}: {error}") from None
+
+
+def expect_value_error(fn: Callable, *args: Any, what: str) -> None:
+    """Fail unless ``fn(*args)`` raises ValueError (bad input must be rejected loudly)."""
+    try:
+        fn(*args)
+    except ValueError:
+        return
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        raise CheckFailed(f"{what} raised {type(error).__name__}; expected a ValueError") from None
+    raise CheckFailed(f"{what} should raise a ValueError, but your function returned")
+
+
 def expect_close(got: Any, expected: Any, *, what: str, atol: float = 1e-6, rtol: float = 1e-5) -> None:
     """Fail with a precise message unless ``got`` ≈ ``expected`` (numbers or tensors)."""
     if isinstance(expected, torch.Tensor):

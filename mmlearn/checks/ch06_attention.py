@@ -6,21 +6,18 @@ import math
 
 import torch
 
-from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+from mmlearn.checks import (
+    CheckFailed,
+    call_student,
+    expect_close,
+    expect_equal,
+    expect_number,
+    fresh_generator,
+    register,
+)
 
 F64 = torch.float64
 
-
-def _call(fn, *args, what: str):
-    """Call the student's function; turn a crash into a specific message (NotImplementedError passes)."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except CheckFailed:
-        raise
-    except Exception as error:
-        raise CheckFailed(f"{what}: your function raised {type(error).__name__}: {error}") from None
 
 
 # ---- 06_attention_derivation --------------------------------------------------------------------
@@ -33,7 +30,7 @@ def _check_stable_softmax(stable_softmax) -> None:
              1000.0 + torch.randn(2, 7, generator=gen, dtype=F64),  # exp(1000) overflows
              -1000.0 + torch.randn(3, 4, generator=gen, dtype=F64)]  # exp(-1000) underflows to 0/0
     for case, x in enumerate(cases):
-        got = _call(stable_softmax, x.clone(), what=f"case {case}")
+        got = call_student(stable_softmax, x.clone(), what=f"case {case}")
         if isinstance(got, torch.Tensor) and not torch.isfinite(got).all():
             raise CheckFailed(f"case {case} (values around {x.mean().item():.0f}): the result contains inf or NaN")
         expect_close(got, torch.softmax(x, dim=-1), what=f"case {case}: softmax over the last axis of shape "
@@ -47,7 +44,7 @@ def _check_qk_variance(qk_variance) -> None:
     for case in range(5):
         d = int(torch.randint(1, 512, (1,), generator=gen))
         sq, sk = (float(v) for v in 0.2 + 2 * torch.rand(2, generator=gen))
-        got = _call(qk_variance, d, sq, sk, what=f"case {case}")
+        got = call_student(qk_variance, d, sq, sk, what=f"case {case}")
         expect_number(got, d * sq**2 * sk**2, what=f"case {case}: var(q·k) for d={d}, sigma_q={sq:.3f}, "
                       f"sigma_k={sk:.3f}", tol=1e-6 * max(1.0, d * sq**2 * sk**2))
 
@@ -62,7 +59,7 @@ def _check_decoder_mask(decoder_mask) -> None:
         lengths = torch.randint(1, T + 1, (B,), generator=gen)
         j = torch.arange(T)
         want = (j[None, :] <= j[:, None])[None] & (j[None, None, :] < lengths[:, None, None])
-        got = _call(decoder_mask, lengths.clone(), T, what=f"case {case}")
+        got = call_student(decoder_mask, lengths.clone(), T, what=f"case {case}")
         if not isinstance(got, torch.Tensor) or got.dtype != torch.bool:
             raise CheckFailed(f"case {case}: expected a boolean tensor (True = may attend), got "
                               f"{getattr(got, 'dtype', type(got).__name__)}")
@@ -94,7 +91,7 @@ def _check_rope_relative(relative_score) -> None:
         q, k = torch.randn(2, 1, d, generator=gen, dtype=F64)
         m, n = (int(v) for v in torch.randint(0, 50, (2,), generator=gen))
         want = (apply_rope(q, torch.tensor([m])) * apply_rope(k, torch.tensor([n]))).sum()
-        got = _call(relative_score, q[0].clone(), k[0].clone(), n - m, what=f"case {case}")
+        got = call_student(relative_score, q[0].clone(), k[0].clone(), n - m, what=f"case {case}")
         expect_close(got, want.item(), what=f"case {case}: score of q at position {m} and k at {n} (d={d})",
                      atol=1e-9, rtol=1e-7)
 
@@ -108,7 +105,7 @@ def _check_softmax_jacobian(softmax_jacobian) -> None:
         n = int(torch.randint(1, 8, (1,), generator=gen))
         s = 3 * torch.randn(n, generator=gen, dtype=F64)
         want = torch.autograd.functional.jacobian(lambda z: torch.softmax(z, 0), s)
-        expect_close(_call(softmax_jacobian, s.clone(), what=f"case {case}"), want,
+        expect_close(call_student(softmax_jacobian, s.clone(), what=f"case {case}"), want,
                      what=f"case {case}: Jacobian of softmax at a random s of size {n}", atol=1e-10, rtol=1e-8)
 
 
@@ -122,7 +119,7 @@ def _check_merge_stats(merge_stats) -> None:
         a, b = x[:cut], x[cut:]
         m1, m2 = a.max(), b.max()
         l1, l2 = torch.exp(a - m1).sum(), torch.exp(b - m2).sum()
-        got = _call(merge_stats, m1, l1, m2, l2, what=f"case {case}")
+        got = call_student(merge_stats, m1, l1, m2, l2, what=f"case {case}")
         if not isinstance(got, tuple) or len(got) != 2:
             raise CheckFailed(f"case {case}: expected a tuple (m, l), got {type(got).__name__}")
         expect_close(got[0], x.max().item(), what=f"case {case}: merged maximum m", atol=1e-12)
@@ -149,7 +146,7 @@ def _check_cross_attention(cross_attention) -> None:
         W_k, W_v = torch.randn(2, d_i, d, generator=gen, dtype=F64)
         scores = (text @ W_q) @ (patches @ W_k).transpose(-2, -1) / math.sqrt(d)
         weights = torch.softmax(scores, dim=-1)
-        got = _call(cross_attention, text, patches, W_q, W_k, W_v, what=f"case {case}")
+        got = call_student(cross_attention, text, patches, W_q, W_k, W_v, what=f"case {case}")
         if not isinstance(got, tuple) or len(got) != 2:
             raise CheckFailed(f"case {case}: expected a tuple (out, weights), got {type(got).__name__}")
         where = f"case {case}: text {tuple(text.shape)}, patches {tuple(patches.shape)}, d={d}"

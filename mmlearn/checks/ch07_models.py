@@ -7,19 +7,10 @@ from collections import Counter
 
 import torch
 
-from mmlearn.checks import CheckFailed, expect_close, expect_number, fresh_generator, register
+from mmlearn.checks import CheckFailed, call_student, expect_close, expect_number, fresh_generator, register
 
 F64 = torch.float64
 
-
-def _call(fn, *args, what: str):
-    """Call the student's function; turn a crash into a specific message (NotImplementedError passes)."""
-    try:
-        return fn(*args)
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as error:
-        raise CheckFailed(f"{what}: your function raised {type(error).__name__}: {error}") from None
 
 
 def _randint(gen: torch.Generator, low: int, high: int) -> int:
@@ -39,7 +30,7 @@ def _check_resize_pos(resize_positions) -> None:
         pos = torch.randn(g * g, d, generator=gen, dtype=F64)
         want = F.interpolate(pos.T.reshape(1, d, g, g), size=(G, G), mode="bilinear",
                              align_corners=False).reshape(d, G * G).T
-        got = _call(resize_positions, pos.clone(), G, what=f"case {case}")
+        got = call_student(resize_positions, pos.clone(), G, what=f"case {case}")
         expect_close(got, want, what=f"case {case}: {g}x{g} grid of {d}-dim embeddings resized to {G}x{G}",
                      atol=1e-10, rtol=1e-8)
 
@@ -62,7 +53,7 @@ def _check_clip_loss(clip_loss) -> None:
         n, d = _randint(gen, 2, 9), _randint(gen, 2, 8)
         img, txt = 3 * torch.randn(n, d, generator=gen, dtype=F64), torch.randn(n, d, generator=gen, dtype=F64)
         s = float(torch.empty(1, dtype=F64).uniform_(0.0, 4.6, generator=gen))
-        got = _call(clip_loss, img.clone(), txt.clone(), torch.tensor(s, dtype=F64), what=f"case {case}")
+        got = call_student(clip_loss, img.clone(), txt.clone(), torch.tensor(s, dtype=F64), what=f"case {case}")
         want = reference(img, txt, torch.tensor(s, dtype=F64))
         if isinstance(got, torch.Tensor) and got.numel() == 1 and abs(float(got) - float(want)) > 1e-6:
             wrong_scale = reference(img, txt, torch.tensor(math.log(s), dtype=F64)) if s > 0 else None
@@ -82,7 +73,7 @@ def _check_loss_floor(loss_floor) -> None:
         captions = [words[int(i)] for i in torch.randint(0, _randint(gen, 1, len(words)), (n,), generator=gen)]
         counts = Counter(captions)
         want = sum(math.log(counts[c]) for c in captions) / n
-        got = _call(loss_floor, list(captions), what=f"case {case}")
+        got = call_student(loss_floor, list(captions), what=f"case {case}")
         expect_number(got, want, what=f"case {case}: floor for {n} captions with multiplicities "
                       f"{sorted(counts.values(), reverse=True)}", tol=1e-9)
 
@@ -98,7 +89,7 @@ def _check_beam_step(beam_step) -> None:
         B, k, V = _randint(gen, 1, 3), _randint(gen, 1, 4), _randint(gen, 4, 9)
         scores = -5 * torch.rand(B, k, generator=gen, dtype=F64)
         log_probs = torch.log_softmax(torch.randn(B, k, V, generator=gen, dtype=F64), dim=-1)
-        got = _call(beam_step, scores.clone(), log_probs.clone(), k, what=f"case {case}")
+        got = call_student(beam_step, scores.clone(), log_probs.clone(), k, what=f"case {case}")
         if not (isinstance(got, tuple) and len(got) == 3):
             raise CheckFailed(f"case {case}: expected a tuple (new_scores, parent, token), got {type(got).__name__}")
         new_scores, idx = (scores[:, :, None] + log_probs).view(B, k * V).topk(k, dim=1)
@@ -128,7 +119,7 @@ def _check_prefix_mask(prefix_lm_mask) -> None:
         n = _randint(gen, 0, T)
         want = torch.ones(T, T, dtype=torch.bool).tril()
         want[:, :n] = True
-        got = _call(prefix_lm_mask, n, T, what=f"case {case}")
+        got = call_student(prefix_lm_mask, n, T, what=f"case {case}")
         if not isinstance(got, torch.Tensor) or got.dtype != torch.bool or got.shape != want.shape:
             raise CheckFailed(f"case {case}: expected a boolean ({T}, {T}) tensor (True = may attend), got "
                               f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}"
