@@ -9,6 +9,8 @@
     python3 dev.py student       student notebooks in student/, solutions in solutions/
     python3 dev.py grade DIR     grade submitted notebooks; writes grades/grades.csv
     python3 dev.py strip         remove outputs from the committed notebooks
+    python3 dev.py robustness    every notebook under 3 other seed offsets and with 1 and 2 threads
+    python3 dev.py gpu-check     the tests and every notebook with MMLEARN_DEVICE=cuda; writes a report
 
 The first command creates .venv and installs requirements.txt and mmlearn (editable) into it;
 later commands reuse it (it is refreshed when requirements.txt changes).
@@ -43,18 +45,43 @@ def run(*cmd: str | Path, env: dict | None = None, check: bool = True) -> int:
     return code
 
 
+KERNEL_CONFIG = '''# Written by dev.py. The book's kernels run locally and briefly; ipykernel 7 logs on every start
+# that its TCP transport is unencrypted, which would add one line per notebook to every build log.
+# Drop that one notice; every other kernel message still shows.
+import logging
+
+
+class _DropPlainTcpNotice(logging.Filter):
+    def filter(self, record):
+        return "without encryption" not in record.getMessage()
+
+
+logging.getLogger("IPKernelApp").addFilter(_DropPlainTcpNotice())
+'''
+
+
+def write_kernel_config() -> None:
+    """Install the kernel configuration above into the environment (.venv/etc/ipython/)."""
+    path = VENV / "etc" / "ipython" / "ipython_kernel_config.py"
+    if not path.exists() or path.read_text() != KERNEL_CONFIG:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(KERNEL_CONFIG)
+
+
 def ensure_env() -> None:
     """Create .venv and install the pinned requirements + mmlearn (editable), once per requirements.txt."""
     if sys.version_info < (3, 10):  # noqa: UP036 (dev.py is run by whatever python3 the reader has)
         sys.exit(f"python >= 3.10 is required, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
     if PY.exists() and STAMP.exists() and STAMP.read_text() == digest:
+        write_kernel_config()
         return
     start = time.perf_counter()
     if not PY.exists():
         run(sys.executable, "-m", "venv", VENV)
     run(PY, "-m", "pip", "install", "--quiet", "-r", "requirements.txt")
     run(PY, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".")
+    write_kernel_config()
     STAMP.write_text(digest)
     print(f"environment ready in {time.perf_counter() - start:.0f} s", flush=True)
 
@@ -72,6 +99,21 @@ def test(extra: list[str]) -> None:
     run(BIN / "ruff", "check", "mmlearn", "tests", "notebooks", "tools", "benchmarks", "dev.py")
     run(PY, "tools/nbclean.py", "--check", *sorted(str(p) for p in (ROOT / "notebooks").glob("*.ipynb")))
     run(PY, "-m", "pytest", "-m", "not browser", "-n", "2", "--dist", "loadgroup", "-q", *extra, env=QUIET_THREADS)
+
+
+def gpu_check(extra: list[str]) -> None:
+    """The unit tests and every notebook on CUDA; report in _build/gpu-check/ (about 10 min on one GPU)."""
+    out = ROOT / "_build" / "gpu-check"
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = {"MMLEARN_DEVICE": "cuda", "OMP_NUM_THREADS": "4"}
+    start = time.perf_counter()
+    code = run(PY, "-m", "pytest", "-m", "not browser and not notebook", "-q", "-n", "4", "-p", "no:cacheprovider",
+               f"--junitxml={out / 'unit-tests.xml'}", env=cuda, check=False)
+    print(f"unit tests on cuda: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
+    code |= run(PY, "tools/robustness.py", "--seeds", "0", "--threads", "1", "-j", "4", "--env",
+                "MMLEARN_DEVICE=cuda", "--out", out, *extra, check=False)
+    print(f"report: {out / 'report.md'} (unit tests: {out / 'unit-tests.xml'})")
+    sys.exit(code)
 
 
 def main(argv: list[str]) -> None:
@@ -94,6 +136,10 @@ def main(argv: list[str]) -> None:
         run(PY, "tools/classroom.py", "student", *rest)
     elif command == "grade":
         run(PY, "tools/classroom.py", "grade", *rest)
+    elif command == "robustness":
+        run(PY, "tools/robustness.py", *rest)
+    elif command == "gpu-check":
+        gpu_check(rest)
     elif command == "strip":
         run(PY, "tools/nbclean.py", *sorted(str(p) for p in (ROOT / "notebooks").glob("*.ipynb")))
     else:

@@ -16,16 +16,17 @@ import os
 from typing import Any
 
 from mmlearn.checks import check
+from mmlearn.claims import claim, glue
 from mmlearn.device import get_device, seed_everything
 
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "attention", "autograd", "checks", "data", "device", "features", "fusion", "losses",
+    "attention", "autograd", "checks", "claims", "data", "device", "features", "fusion", "losses",
     "metrics", "models", "optim", "preprocess", "train", "viz",
 )
 
-__all__ = ["__version__", "check", "full_run", "get_device", "seed_everything", *_SUBMODULES]
+__all__ = ["__version__", "check", "claim", "full_run", "get_device", "glue", "seed_everything", *_SUBMODULES]
 
 
 def full_run() -> bool:

@@ -11,6 +11,7 @@ import pytest
 from notebook_utils import NOTEBOOKS, ROOT
 
 import mmlearn.checks
+from prose_numbers import control_characters, report, typed_numbers  # tools/ is on sys.path
 
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXERCISE = re.compile(r":::\{exercise\}[^\n]*\n:label:\s*(\S+)")
@@ -68,3 +69,17 @@ def test_exercise_convention(path):
         if cell.cell_type == "markdown" and "{solution-end}" in cell.source:
             assert re.fullmatch(r"\s*:::\{solution-end\}\s*\n:::\s*", cell.source), \
                 f"{path.name}: a solution-end cell must hold only the directive"
+
+
+@pytest.mark.parametrize("path", [*ALL_NOTEBOOKS, *sorted((ROOT / "book").glob("*.md"))], ids=lambda p: p.name)
+def test_no_typed_numbers_and_no_control_characters_in_prose(path):
+    problems = report([path])
+    assert not problems, "glue computed numbers, declare constants (CONTRIBUTING.md):\n" + "\n".join(problems)
+
+
+def test_prose_number_rule_catches_what_it_should():
+    assert typed_numbers("accuracy 0.84 and 95 % of it") == ["0.84", "95 %"]
+    assert typed_numbers("<!-- constants: 0.84 -->\naccuracy 0.84") == []
+    assert typed_numbers("{glue:text}`acc` with `x = 0.5` in code, torch 2.13.0") == []
+    assert control_characters(r"$a \approx b$ \text{x}") == []
+    assert control_characters("$a \x07pprox b$ \x09ext{x}") == ["U+0007", "U+0009"]

@@ -56,6 +56,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--images", type=Path, default=None)
+    parser.add_argument("--no-images", action="store_true", help="do not write the figures")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args()
-    codes = [run(p, args.images or Path("/tmp/nbimg") / p.stem) for p in args.notebooks]
+    codes = [run(p, None if args.no_images else args.images or Path("/tmp/nbimg") / p.stem, args.timeout)
+             for p in args.notebooks]
     sys.exit(max(codes))
