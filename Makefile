@@ -2,7 +2,7 @@
 PY ?= python3
 SUBMISSIONS ?= submissions
 
-.PHONY: setup book book-force test browser-test lab student grade strip clean
+.PHONY: setup book book-force test browser-test lab student grade strip robustness gpu-check clean
 
 setup:        ; $(PY) dev.py setup
 book:         ; $(PY) dev.py book
@@ -13,4 +13,6 @@ lab:          ; $(PY) dev.py lab
 student:      ; $(PY) dev.py student
 grade:        ; $(PY) dev.py grade $(SUBMISSIONS)
 strip:        ; $(PY) dev.py strip
+robustness:   ; $(PY) dev.py robustness
+gpu-check:    ; $(PY) dev.py gpu-check
 clean:        ; rm -rf _build student solutions grades

@@ -9,6 +9,7 @@
     python3 dev.py student       student notebooks in student/, solutions in solutions/
     python3 dev.py grade DIR     grade submitted notebooks; writes grades/grades.csv
     python3 dev.py strip         remove outputs from the committed notebooks
+    python3 dev.py repository URL  set where the book lives (launch buttons, Colab install line)
     python3 dev.py robustness    every notebook under 3 other seed offsets and with 1 and 2 threads
     python3 dev.py gpu-check     the tests and every notebook with MMLEARN_DEVICE=cuda; writes a report
 
@@ -136,6 +137,8 @@ def main(argv: list[str]) -> None:
         run(PY, "tools/classroom.py", "student", *rest)
     elif command == "grade":
         run(PY, "tools/classroom.py", "grade", *rest)
+    elif command == "repository":
+        run(PY, "tools/repository.py", *rest)
     elif command == "robustness":
         run(PY, "tools/robustness.py", *rest)
     elif command == "gpu-check":

@@ -9,9 +9,9 @@ import sys
 import nbformat
 import pytest
 from notebook_utils import NOTEBOOKS, ROOT
+from prose_numbers import control_characters, report, typed_numbers  # tools/ is on sys.path
 
 import mmlearn.checks
-from prose_numbers import control_characters, report, typed_numbers  # tools/ is on sys.path
 
 ALL_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXERCISE = re.compile(r":::\{exercise\}[^\n]*\n:label:\s*(\S+)")
@@ -83,3 +83,35 @@ def test_prose_number_rule_catches_what_it_should():
     assert typed_numbers("{glue:text}`acc` with `x = 0.5` in code, torch 2.13.0") == []
     assert control_characters(r"$a \approx b$ \text{x}") == []
     assert control_characters("$a \x07pprox b$ \x09ext{x}") == ["U+0007", "U+0009"]
+
+
+def test_setup_cells_follow_the_repository_setting():
+    from repository import current_url, setup_cell_guard
+
+    url = current_url(ROOT) or None
+    for path in ALL_NOTEBOOKS:
+        setup = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code").source
+        assert setup_cell_guard(setup) == url, f"{path.name}: run `python3 dev.py repository {url or '--clear'}`"
+
+
+def test_repository_setting_round_trips(tmp_path):
+    import shutil
+
+    from repository import current_url, set_url, setup_cell_guard
+
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "00_setup.ipynb", tmp_path / "notebooks")
+    original = (tmp_path / "notebooks" / "00_setup.ipynb").read_text()
+    set_url("https://example.org/me/book", tmp_path)
+    setup = next(c for c in nbformat.read(tmp_path / "notebooks" / "00_setup.ipynb", as_version=4).cells
+                 if c.cell_type == "code").source
+    assert current_url(tmp_path) == "https://example.org/me/book"
+    assert setup_cell_guard(setup) == "https://example.org/me/book"
+    compile(setup.replace("%", "#"), "setup", "exec")
+    set_url("", tmp_path)
+    assert current_url(tmp_path) == ""
+    assert nbformat.reads((tmp_path / "notebooks" / "00_setup.ipynb").read_text(), as_version=4).cells == \
+        nbformat.reads(original, as_version=4).cells
+    with pytest.raises(ValueError, match="https://"):
+        set_url("github.com/me/book", tmp_path)
