@@ -10,7 +10,7 @@ added to every ``mmlearn.seed_everything`` call) and ``OMP_NUM_THREADS`` set, an
 lines that ``mmlearn.claim`` / ``mmlearn.glue`` write. The report (Markdown and JSON, in --out)
 gives per notebook and configuration: pass/fail, seconds, the first error, and each claim's value
 next to its threshold. ``--record`` also writes min / median / max of every claim over the runs to
-benchmarks/results/claims.json.
+benchmarks/results/claims.json (and the table claims.md that the execution-status page shows).
 """
 
 from __future__ import annotations
@@ -105,8 +105,22 @@ def record(runs: list[Run], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several authors may record different notebooks at once
+        recorded = {r.notebook for r in runs}  # a notebook recorded now replaces all its old entries
         old = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**old, **table}, indent=1, sort_keys=True) + "\n")
+        merged = {**{k: v for k, v in old.items() if k.split("::")[0] not in recorded}, **table}
+        path.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        path.with_suffix(".md").write_text(claims_table(merged))
+
+
+def claims_table(claims: dict) -> str:
+    """The Markdown table of every asserted claim's threshold and measured spread (for the book)."""
+    rows = ["| notebook | claim | threshold | min | median | max | runs |", "|---|---|---|---|---|---|---|"]
+    for key, c in sorted(claims.items()):
+        notebook, name = key.split("::")
+        bounds = " and ".join(f"{op} {b:g}" for op, b in (("≥", c["at_least"]), ("≤", c["at_most"])) if b is not None)
+        rows.append(f"| {notebook.removesuffix('.ipynb')} | `{name}` | {bounds} | {c['min']:.4g} | "
+                    f"{c['median']:.4g} | {c['max']:.4g} | {c['n']} |")
+    return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
