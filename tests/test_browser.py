@@ -133,3 +133,20 @@ def test_screenshot_of_setup_page(browser, server):
         assert widget.is_visible()
     finally:
         context.close()
+
+
+def test_buttons_follow_the_repository_setting(browser, server):
+    """No repository set: no launch or repository buttons (they would lead nowhere); the download stays."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from repository import current_url
+
+    context, page, errors, foreign = _open(browser, server, "notebooks/00_setup.html")
+    try:
+        links = page.evaluate("() => [...document.querySelectorAll('.article-header-buttons a')].map(a => a.href)")
+        launch = [href for href in links if "colab" in href or "mybinder" in href]
+        assert bool(launch) == bool(current_url(ROOT)), f"launch links {launch} with repository.url={current_url(ROOT)!r}"
+        assert any(href.endswith(".ipynb") for href in links), f"no .ipynb download link among {links}"
+    finally:
+        context.close()
