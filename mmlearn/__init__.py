@@ -22,8 +22,8 @@ from mmlearn.device import get_device, seed_everything
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "attention", "autograd", "checks", "claims", "data", "device", "features", "fusion", "losses",
-    "metrics", "models", "optim", "preprocess", "train", "viz",
+    "alignment", "attention", "autograd", "checks", "claims", "data", "device", "features", "fusion", "losses",
+    "metrics", "models", "optim", "preprocess", "speech", "train", "viz",
 )
 
 __all__ = ["__version__", "check", "claim", "full_run", "get_device", "glue", "seed_everything", *_SUBMODULES]

@@ -63,7 +63,7 @@ LOUDNESS = (0.4, 0.8)           # per SIZES: peak amplitude of the tone
 SLOT_SECONDS, TONE_SECONDS, FADE_SECONDS, AUDIO_NOISE = 0.125, 0.1, 0.01, 0.01
 MIN_IMAGE_SIZE, MAX_OBJECTS, MIN_SAMPLE_RATE = 16, 4, 2000
 GAP_PIXELS = 1.5                # minimum distance between the bounding circles of two objects
-EEG_SAMPLE_RATE = 80            # matplotlib's example plots the 800 samples over 10 s
+EEG_SAMPLE_RATE = 80            # assumed: matplotlib's example plots the 800 samples over 10 s
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -482,8 +482,10 @@ def load_photo() -> torch.Tensor:
 def load_mri() -> torch.Tensor:
     """An MRI slice (matplotlib's ``s1045.ima.gz``): float32 (1, 256, 256), raw intensities 0..215.
 
-    The file holds 256×256 big-endian uint16 values. Reading it with the machine's (little-endian)
-    byte order — as matplotlib's own example does — multiplies every value by 256.
+    The file holds 256×256 uint16 values and no header, so its byte order is an inference: the first
+    byte of every pair is 0, and we read it big-endian (values 0..215, 8-bit data in the low byte).
+    Reading it with the machine's (little-endian) byte order — as matplotlib's own example does —
+    multiplies every value by 256; min-max normalisation gives the same tensor either way.
     """
     from matplotlib import cbook
 
@@ -496,7 +498,8 @@ def load_eeg() -> torch.Tensor:
     """Four EEG channels (matplotlib's ``eeg.dat``): float32 (4, 800), channels × time.
 
     The file holds 800×4 float64 values (time × channel), each channel already standardised
-    (mean ≈ 0, std ≈ 1). Sample rate: :data:`EEG_SAMPLE_RATE` Hz (800 samples over 10 s).
+    (mean ≈ 0, std ≈ 1). The file stores no sample rate: :data:`EEG_SAMPLE_RATE` Hz is inferred from
+    matplotlib's example, which plots the 800 samples over 10 s.
     """
     from matplotlib import cbook
 

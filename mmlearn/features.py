@@ -731,8 +731,11 @@ def train_unimodal(data: TaskData, modality: str, *, dim: int = 32, epochs: int 
     """The chapter-3 baseline of one modality: ``make_encoder`` + linear heads, trained with :func:`train_multitask`.
 
     Returns the trained model (in eval mode; its ``.encoder`` gives ``(B, dim)`` features) and its test accuracies.
+    The initialisation is seeded with :func:`mmlearn.seed_everything` (``seed + MMLEARN_SEED``), like the batch order.
     """
-    torch.manual_seed(seed)
+    from mmlearn.device import seed_everything
+
+    seed_everything(seed)
     encoder = make_encoder(modality, dim, vocab_size=len(data.tokenizer), n_mels=data.train["mel"].shape[1])
     if modality == "audio":
         encoder.set_input_stats(data.train["mel"])

@@ -14,7 +14,8 @@ Two families, and the lesson of the chapter:
   several positions — contain products of features of different modalities and can.
 
 Also here: :class:`FusionClassifier` (encoders → fusion → head), :class:`ModalityDropout`
-(ModDrop, Neverova et al. 2016) and :func:`emap` (the additive projection of Hessel & Lee 2020).
+(ModDrop, Neverova et al. 2016), :func:`emap` (the additive projection of Hessel & Lee 2020) and
+:func:`agreement_pairs` (agreement tasks on which each modality alone is exactly at chance).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mmlearn.attention import MultiHeadAttention
 __all__ = [
     "SumFusion", "ProductFusion", "ConcatFusion", "GatedFusion", "BilinearFusion", "TensorFusion",
     "LowRankFusion", "FiLM", "CrossAttentionFusion", "LateFusion", "FusionClassifier", "ModalityDropout",
-    "emap",
+    "emap", "agreement_pairs",
 ]
 
 
@@ -529,3 +530,64 @@ def emap(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_a: tor
     row_mean = torch.cat(row_means)                                      # (N, C)
     col_mean = col_sum / N                                               # (N, C)
     return row_mean + col_mean - row_mean.mean(0, keepdim=True)
+
+
+def _zero_diagonal_coupling(p: torch.Tensor, iters: int = 2000) -> torch.Tensor:
+    """A joint distribution ``q`` on ``K x K`` values with ``q[k, k] = 0`` and both marginals ``p`` (Sinkhorn)."""
+    q = 1.0 - torch.eye(len(p), dtype=torch.float64)
+    for _ in range(iters):
+        q *= (p / q.sum(1))[:, None]
+        q *= (p / q.sum(0))[None, :]
+    if not (torch.allclose(q.sum(1), p, atol=1e-9) and torch.allclose(q.sum(0), p, atol=1e-9)):
+        raise ValueError(f"agreement_pairs: no disagreeing pairs with marginals {p.tolist()} (a value has "
+                         f"frequency >= 1/2)")
+    return q
+
+
+def agreement_pairs(attr: torch.Tensor, n: int, *, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Pairs of distinct items ``(i, j)`` and labels ``y = 1[attr_i == attr_j]``, balanced, on which
+    each side *alone* says nothing about the label.
+
+    Agreeing pairs (``y = 1``): a value :math:`c \sim p` (the frequencies of ``attr``), then two
+    distinct items with that value. Disagreeing pairs (``y = 0``): values :math:`(a, b) \sim q`, where
+    :math:`q` has a zero diagonal and both marginals equal to :math:`p` (found by Sinkhorn scaling),
+    then an item with value ``a`` and one with value ``b``. In both classes ``i`` and ``j`` are then
+    each uniform over the items, so :math:`P(y = 1 \mid i) = P(y = 1 \mid j) = \tfrac12` exactly: by
+    the lemma of chapter 4 the best additive model is at chance. (Drawing the second item of a
+    disagreeing pair uniformly among the *other* values would not do this when ``p`` is not uniform.)
+    Every value must occur at least twice and less often than half the time. Returns ``(i, j, y)``,
+    ``(n,)`` long tensors on the CPU.
+    """
+    if not isinstance(attr, torch.Tensor) or attr.ndim != 1 or attr.dtype.is_floating_point:
+        raise ValueError(f"agreement_pairs: attr must be a 1-D integer tensor, got {getattr(attr, 'dtype', type(attr))} "
+                         f"{tuple(getattr(attr, 'shape', ()))}")
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError(f"agreement_pairs: n must be a positive int, got {n!r}")
+    attr = attr.cpu()
+    values, counts = attr.unique(return_counts=True)
+    if len(values) < 2 or counts.min() < 2:
+        raise ValueError(f"agreement_pairs: need >= 2 values, each on >= 2 items; got counts {counts.tolist()}")
+    pools = [torch.nonzero(attr == v).flatten() for v in values]
+    p = counts.double() / counts.sum()
+    g = generator
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    a = torch.multinomial(p, n, replacement=True, generator=g)                 # value of i (positives)
+    b = a.clone()
+    neg = torch.nonzero(y == 0).flatten()
+    q = _zero_diagonal_coupling(p).flatten()
+    ab = torch.multinomial(q, len(neg), replacement=True, generator=g) if len(neg) else neg
+    a[neg], b[neg] = ab // len(p), ab % len(p)
+    i, j = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+    for k, pool in enumerate(pools):
+        rows = torch.nonzero(a == k).flatten()
+        i[rows] = pool[torch.randint(len(pool), (len(rows),), generator=g)]
+    for k, pool in enumerate(pools):
+        rows = torch.nonzero(b == k).flatten()
+        pos = rows[y[rows] == 1]                                              # j: another item, same value
+        where_i = (pool[None, :] == i[pos][:, None]).float().argmax(1)       # position of i in the pool
+        shift = torch.randint(len(pool) - 1, (len(pos),), generator=g)
+        j[pos] = pool[shift + (shift >= where_i).long()]
+        negr = rows[y[rows] == 0]
+        j[negr] = pool[torch.randint(len(pool), (len(negr),), generator=g)]
+    return i, j, y

@@ -369,3 +369,16 @@ def test_task_bad_inputs():
         mf.make_encoder("text")
     with pytest.raises(ValueError, match="out_dim"):
         mf.MultiTaskClassifier(nn.Linear(3, 4), [2])
+
+
+def test_train_unimodal_is_seeded_and_follows_the_seed_offset(monkeypatch):
+    from mmlearn.device import seed_offset
+
+    data = mf.make_task_data(n_train=64, n_test=32, tasks=("left_color",))
+    train = lambda: mf.train_unimodal(data, "text", dim=8, epochs=1, progress=False)[0].state_dict()
+    first, again = train(), train()
+    for name in first:
+        assert_close(first[name], again[name])                   # same seed: the same model
+    monkeypatch.setenv("MMLEARN_SEED", str(seed_offset() + 1))   # another offset: another initialisation
+    other = train()
+    assert not torch.equal(first["encoder.embed.weight"], other["encoder.embed.weight"])

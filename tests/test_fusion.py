@@ -353,3 +353,37 @@ def test_bad_sequence_and_mask_inputs():
         fu.LateFusion([3, 4], 2)(None, None)
     with pytest.raises(ValueError, match="same number of samples"):
         fu.emap(lambda a, b: a, torch.randn(3, 2), torch.randn(4, 2))
+
+
+def test_agreement_pairs_marginals_equal_in_both_classes():
+    g = torch.Generator().manual_seed(0)
+    attr = torch.tensor([0] * 300 + [1] * 200 + [2] * 200 + [3] * 200)        # one value over-represented
+    i, j, y = fu.agreement_pairs(attr, 40_000, generator=g)
+    assert (i != j).all()
+    torch.testing.assert_close((attr[i] == attr[j]).long(), y)
+    p = torch.bincount(attr).double() / len(attr)
+    for side in (i, j):
+        for label in (0, 1):
+            freq = torch.bincount(attr[side[y == label]], minlength=4).double() / (y == label).sum()
+            se = (p * (1 - p) / (y == label).sum()).sqrt()
+            assert ((freq - p).abs() < 5 * se).all(), (label, freq, p)    # within 5 standard errors
+    assert abs(y.double().mean().item() - 0.5) < 0.01
+
+
+def test_agreement_pairs_coupling_is_exact():
+    p = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    q = fu._zero_diagonal_coupling(p)
+    torch.testing.assert_close(q.sum(0), p)
+    torch.testing.assert_close(q.sum(1), p)
+    assert q.diagonal().abs().max() == 0
+
+
+@pytest.mark.parametrize("attr, n, match", [
+    (torch.tensor([0.0, 1.0]), 4, "integer"),
+    (torch.tensor([0, 0, 1, 1]), 0, "positive int"),
+    (torch.tensor([0, 0, 1]), 4, "each on >= 2"),
+    (torch.tensor([0] * 8 + [1, 1, 2, 2]), 4, "1/2"),
+])
+def test_agreement_pairs_bad_input(attr, n, match):
+    with pytest.raises(ValueError, match=match):
+        fu.agreement_pairs(attr, n)

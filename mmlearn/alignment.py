@@ -1,0 +1,213 @@
+"""Alignment (chapter 9): which frames go with which symbols.
+
+Two answers to one question. **Dynamic time warping** aligns two sequences given a cost for every
+pair of frames: the cheapest monotone path through the cost matrix. **Connectionist temporal
+classification** (CTC; Graves et al. 2006) never picks one alignment: it sums the probability of
+every frame-level labelling that collapses to the target, with a blank symbol for "no new label
+here", by a forward recursion in log space.
+
+    total, path = dtw(cost)                                        # cost (T1, T2)
+    loss = ctc_loss(log_probs, targets, input_lengths, target_lengths)   # = F.ctc_loss
+    greedy_decode(log_probs) / prefix_beam_search(log_probs[:, 0], beam_size=8)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmlearn._validate import require_floating, require_in, require_int, require_rank
+
+__all__ = ["collapse", "ctc_loss", "dtw", "greedy_decode", "prefix_beam_search"]
+
+NEG_INF = -math.inf
+
+
+# ---- dynamic time warping ---------------------------------------------------------------------
+
+def dtw(cost: torch.Tensor) -> tuple[float, list[tuple[int, int]]]:
+    """Cheapest monotone alignment of two sequences, given ``cost`` (T1, T2) of matching frame i with j.
+
+    D[i, j] = cost[i, j] + min(D[i-1, j], D[i, j-1], D[i-1, j-1]),  D[0, 0] = cost[0, 0];
+    the path starts at (0, 0), ends at (T1-1, T2-1) and each step advances i, j or both.
+    Returns (D[T1-1, T2-1], path). The anti-diagonals of D depend only on the previous two, so each
+    is computed as one vector operation (T1 + T2 - 1 steps instead of T1 · T2).
+    """
+    cost = require_floating(require_rank(cost, "cost", 2, "(T1, T2)"), "cost").detach().to("cpu", torch.float64)
+    T1, T2 = cost.shape
+    if T1 == 0 or T2 == 0:
+        raise ValueError(f"cost must be non-empty, got shape {tuple(cost.shape)}")
+    D = torch.full((T1 + 1, T2 + 1), math.inf, dtype=torch.float64)                # D[i+1, j+1]: padded
+    D[0, 0] = 0.0
+    for d in range(T1 + T2 - 1):                                                    # anti-diagonal i + j = d
+        i = torch.arange(max(0, d - T2 + 1), min(T1, d + 1))
+        j = d - i
+        best = torch.minimum(torch.minimum(D[i, j + 1], D[i + 1, j]), D[i, j])      # up, left, diagonal
+        D[i + 1, j + 1] = cost[i, j] + best
+    return float(D[T1, T2]), _backtrack(D)
+
+
+def _backtrack(D: torch.Tensor) -> list[tuple[int, int]]:
+    i, j = D.shape[0] - 1, D.shape[1] - 1
+    path = [(i - 1, j - 1)]
+    while (i, j) != (1, 1):
+        steps = [(i - 1, j - 1), (i - 1, j), (i, j - 1)]                             # prefer the diagonal
+        i, j = min(steps, key=lambda s: float(D[s]))
+        path.append((i - 1, j - 1))
+    return path[::-1]
+
+
+# ---- CTC loss -----------------------------------------------------------------------------------
+
+def _extended_targets(targets: torch.Tensor, target_lengths: torch.Tensor, blank: int) -> torch.Tensor:
+    """l' = (blank, l_1, blank, l_2, ..., l_S, blank) per sample, padded with blanks: (N, 2 S_max + 1)."""
+    N, S = targets.shape
+    ext = torch.full((N, 2 * S + 1), blank, dtype=torch.long, device=targets.device)
+    ext[:, 1::2] = targets
+    return ext
+
+
+def _padded_targets(targets: torch.Tensor, target_lengths: torch.Tensor, N: int) -> torch.Tensor:
+    """Accept F.ctc_loss's two layouts: (N, S_max) padded, or 1-D concatenated (sum of lengths,)."""
+    if targets.dim() == 2:
+        if targets.shape[0] != N:
+            raise ValueError(f"targets must be (N, S_max) with N = {N}, got {tuple(targets.shape)}")
+        return targets.long()
+    if targets.numel() != int(target_lengths.sum()):
+        raise ValueError(f"1-D targets must hold sum(target_lengths) = {int(target_lengths.sum())} labels, "
+                         f"got {targets.numel()}")
+    S = int(target_lengths.max()) if N else 0
+    out = torch.zeros(N, S, dtype=torch.long, device=targets.device)
+    for n, piece in enumerate(torch.split(targets.long(), target_lengths.tolist())):
+        out[n, :len(piece)] = piece
+    return out
+
+
+def ctc_log_alpha(log_probs: torch.Tensor, ext: torch.Tensor, blank: int) -> torch.Tensor:
+    """Forward variables log α_t(s) for every t: (T, N, 2S+1).
+
+    α_0(0) = y_blank(0), α_0(1) = y_{l'_1}(0), other α_0(s) = 0, and for t ≥ 1
+    α_t(s) = (α_{t-1}(s) + α_{t-1}(s-1) + [l'_s ≠ blank ∧ l'_s ≠ l'_{s-2}] α_{t-1}(s-2)) · y_{l'_s}(t),
+    computed with logsumexp; y_{l'_s}(t) = exp(log_probs[t, n, l'_s]). "Probability 0" is the
+    finite log value ``_LOG_ZERO`` rather than -inf, so that gradients never meet inf - inf.
+    """
+    T, N, _ = log_probs.shape
+    L = ext.shape[1]
+    emit = log_probs.gather(2, ext.unsqueeze(0).expand(T, N, L))                     # (T, N, L) log y
+    skip_ok = torch.zeros(N, L, dtype=torch.bool, device=ext.device)
+    skip_ok[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
+    zero = emit.new_full((N, 1), _LOG_ZERO)
+    alpha = torch.cat([emit[0, :, :2], emit.new_full((N, L - 2), _LOG_ZERO)], dim=1) if L > 1 else emit[0]
+    alphas = [alpha]
+    for t in range(1, T):
+        step = torch.cat([zero, alpha[:, :-1]], dim=1)                              # from s - 1
+        skip = torch.cat([zero, zero, alpha[:, :-2]], dim=1)[:, :L].masked_fill(~skip_ok, _LOG_ZERO)
+        alpha = torch.logsumexp(torch.stack([alpha, step, skip]), dim=0) + emit[t]
+        alphas.append(alpha)
+    return torch.stack(alphas)                                                       # (T, N, L)
+
+
+_LOG_ZERO = -1e30
+
+
+def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tensor,
+             target_lengths: torch.Tensor, blank: int = 0, reduction: str = "mean") -> torch.Tensor:
+    """CTC loss −log p(l | x) = −log(α_{T-1}(2S) + α_{T-1}(2S−1)), with ``F.ctc_loss``'s conventions.
+
+    ``log_probs`` (T, N, C) log-softmax outputs; ``targets`` (N, S_max) padded or 1-D concatenated;
+    ``input_lengths`` and ``target_lengths`` (N,). ``reduction``: ``"none"`` (N,), ``"sum"``, or
+    ``"mean"`` (each loss divided by its target length, then the batch mean). A target that cannot
+    fit in its input (it needs S plus one frame per repeated pair) has probability 0: loss ``inf``.
+    """
+    log_probs = require_floating(require_rank(log_probs, "log_probs", 3, "(T, N, C)"), "log_probs")
+    require_in(reduction, "reduction", ("none", "sum", "mean"))
+    T, N, C = log_probs.shape
+    blank = require_int(blank, "blank", 0, C - 1)
+    input_lengths, target_lengths = (torch.as_tensor(v, device=log_probs.device).long().reshape(-1)
+                                     for v in (input_lengths, target_lengths))
+    if input_lengths.numel() != N or target_lengths.numel() != N:
+        raise ValueError(f"input_lengths and target_lengths must have N = {N} entries, "
+                         f"got {input_lengths.numel()} and {target_lengths.numel()}")
+    if int(input_lengths.max()) > T or int(input_lengths.min()) < 1:
+        raise ValueError(f"input_lengths must be in 1..T = {T}, got {input_lengths.tolist()}")
+    padded = _padded_targets(torch.as_tensor(targets, device=log_probs.device), target_lengths, N)
+    if padded.numel() and (int(padded.min()) < 0 or int(padded.max()) >= C):
+        raise ValueError(f"target labels must be in 0..C-1 = {C - 1}, got range {int(padded.min())}..{int(padded.max())}")
+    alpha = ctc_log_alpha(log_probs, _extended_targets(padded, target_lengths, blank), blank)
+    last = alpha[input_lengths - 1, torch.arange(N, device=alpha.device)]             # (N, L) at t = T_n - 1
+    end = 2 * target_lengths                                                          # index of the final blank
+    final = torch.stack([last.gather(1, end[:, None]), last.gather(1, (end - 1).clamp(min=0)[:, None])], dim=1)
+    final[:, 1] = torch.where(target_lengths[:, None] > 0, final[:, 1], torch.full_like(final[:, 1], _LOG_ZERO))
+    loss = -torch.logsumexp(final.squeeze(2), dim=1)                                  # (N,)
+    loss = torch.where(loss > -_LOG_ZERO / 2, torch.full_like(loss, math.inf), loss)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return (loss / target_lengths.clamp(min=1).to(loss.dtype)).mean()
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+def collapse(path: list[int], blank: int = 0) -> list[int]:
+    """The CTC collapse B: merge repeated labels, then drop blanks (B(a a - a b b) = a a b)."""
+    out, previous = [], None
+    for label in path:
+        if label != previous and label != blank:
+            out.append(label)
+        previous = label
+    return out
+
+
+def greedy_decode(log_probs: torch.Tensor, input_lengths: torch.Tensor | None = None,
+                  blank: int = 0) -> list[list[int]]:
+    """Best path decoding: B(argmax_c y_c(t) for each t), per sample. ``log_probs`` (T, N, C)."""
+    log_probs = require_rank(log_probs, "log_probs", 3, "(T, N, C)")
+    T, N, _ = log_probs.shape
+    lengths = [T] * N if input_lengths is None else [int(v) for v in input_lengths]
+    best = log_probs.argmax(-1).T.tolist()                                            # (N, T)
+    return [collapse(best[n][:lengths[n]], blank) for n in range(N)]
+
+
+def prefix_beam_search(log_probs: torch.Tensor, beam_size: int = 8, blank: int = 0) -> list[int]:
+    """CTC prefix beam search for one utterance, ``log_probs`` (T, C): the most probable *labelling*.
+
+    Keeps, for each candidate prefix ℓ, two log probabilities: p_b(ℓ) (paths ending in a blank) and
+    p_nb(ℓ) (ending in ℓ's last label). At each frame, a prefix is extended by c ≠ blank: from both
+    if c differs from ℓ's last label, only from p_b if it repeats it (a repeat without a blank in
+    between collapses); staying adds the blank or the repeated last label. The ``beam_size`` best
+    prefixes by p_b + p_nb survive (Hannun et al. 2014).
+    """
+    log_probs = require_rank(log_probs, "log_probs", 2, "(T, C)").detach().to("cpu", torch.float64)
+    beam_size = require_int(beam_size, "beam_size", 1)
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}          # prefix -> (p_b, p_nb)
+    for y in log_probs.tolist():
+        nxt: dict[tuple[int, ...], list[float]] = {}
+
+        def add(prefix: tuple[int, ...], which: int, value: float) -> None:
+            entry = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
+            entry[which] = _logaddexp(entry[which], value)
+
+        for prefix, (p_b, p_nb) in beams.items():
+            total = _logaddexp(p_b, p_nb)
+            add(prefix, 0, total + y[blank])                                          # a blank: same prefix
+            if prefix:
+                add(prefix, 1, p_nb + y[prefix[-1]])                                  # repeat collapses
+            for c, y_c in enumerate(y):
+                if c == blank:
+                    continue
+                from_ = p_b if prefix and c == prefix[-1] else total
+                add(prefix + (c,), 1, from_ + y_c)
+        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)
+        beams = {prefix: (p[0], p[1]) for prefix, p in ranked[:beam_size]}
+    return list(max(beams.items(), key=lambda kv: _logaddexp(*kv[1]))[0])
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    m = max(a, b)
+    return m + math.log(math.exp(a - m) + math.exp(b - m))
