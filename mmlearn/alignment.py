@@ -60,25 +60,30 @@ def _backtrack(D: torch.Tensor) -> list[tuple[int, int]]:
 
 # ---- CTC loss -----------------------------------------------------------------------------------
 
-def _extended_targets(targets: torch.Tensor, target_lengths: torch.Tensor, blank: int) -> torch.Tensor:
-    """l' = (blank, l_1, blank, l_2, ..., l_S, blank) per sample, padded with blanks: (N, 2 S_max + 1)."""
+def _extended_targets(targets: torch.Tensor, target_lengths: torch.Tensor | None, blank: int) -> torch.Tensor:
+    """l' = (blank, l_1, blank, l_2, ..., l_S, blank) per sample, padded with blanks: (N, 2 S_max + 1).
+
+    Padding beyond a sample's length is harmless: the loss reads α only up to index 2 S_n.
+    """
     N, S = targets.shape
     ext = torch.full((N, 2 * S + 1), blank, dtype=torch.long, device=targets.device)
     ext[:, 1::2] = targets
     return ext
 
 
-def _padded_targets(targets: torch.Tensor, target_lengths: torch.Tensor, N: int) -> torch.Tensor:
+def _padded_targets(targets: torch.Tensor, target_lengths: torch.Tensor, N: int, blank: int) -> torch.Tensor:
     """Accept F.ctc_loss's two layouts: (N, S_max) padded, or 1-D concatenated (sum of lengths,)."""
     if targets.dim() == 2:
-        if targets.shape[0] != N:
-            raise ValueError(f"targets must be (N, S_max) with N = {N}, got {tuple(targets.shape)}")
-        return targets.long()
+        if targets.shape[0] != N or targets.shape[1] < int(target_lengths.max()):
+            raise ValueError(f"targets must be (N, S_max) with N = {N} and S_max >= max(target_lengths), "
+                             f"got {tuple(targets.shape)}")
+        valid = torch.arange(targets.shape[1], device=targets.device)[None, :] < target_lengths[:, None]
+        return torch.where(valid, targets.long(), blank)                             # padding is ignored
     if targets.numel() != int(target_lengths.sum()):
         raise ValueError(f"1-D targets must hold sum(target_lengths) = {int(target_lengths.sum())} labels, "
                          f"got {targets.numel()}")
     S = int(target_lengths.max()) if N else 0
-    out = torch.zeros(N, S, dtype=torch.long, device=targets.device)
+    out = torch.full((N, S), blank, dtype=torch.long, device=targets.device)
     for n, piece in enumerate(torch.split(targets.long(), target_lengths.tolist())):
         out[n, :len(piece)] = piece
     return out
@@ -131,9 +136,10 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: torc
                          f"got {input_lengths.numel()} and {target_lengths.numel()}")
     if int(input_lengths.max()) > T or int(input_lengths.min()) < 1:
         raise ValueError(f"input_lengths must be in 1..T = {T}, got {input_lengths.tolist()}")
-    padded = _padded_targets(torch.as_tensor(targets, device=log_probs.device), target_lengths, N)
+    padded = _padded_targets(torch.as_tensor(targets, device=log_probs.device), target_lengths, N, blank)
     if padded.numel() and (int(padded.min()) < 0 or int(padded.max()) >= C):
-        raise ValueError(f"target labels must be in 0..C-1 = {C - 1}, got range {int(padded.min())}..{int(padded.max())}")
+        raise ValueError(f"target labels must be in 0..C-1 = {C - 1}, "
+                         f"got range {int(padded.min())}..{int(padded.max())}")
     alpha = ctc_log_alpha(log_probs, _extended_targets(padded, target_lengths, blank), blank)
     last = alpha[input_lengths - 1, torch.arange(N, device=alpha.device)]             # (N, L) at t = T_n - 1
     end = 2 * target_lengths                                                          # index of the final blank
@@ -184,24 +190,25 @@ def prefix_beam_search(log_probs: torch.Tensor, beam_size: int = 8, blank: int =
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}          # prefix -> (p_b, p_nb)
     for y in log_probs.tolist():
         nxt: dict[tuple[int, ...], list[float]] = {}
-
-        def add(prefix: tuple[int, ...], which: int, value: float) -> None:
-            entry = nxt.setdefault(prefix, [NEG_INF, NEG_INF])
-            entry[which] = _logaddexp(entry[which], value)
-
         for prefix, (p_b, p_nb) in beams.items():
             total = _logaddexp(p_b, p_nb)
-            add(prefix, 0, total + y[blank])                                          # a blank: same prefix
+            _accumulate(nxt, prefix, 0, total + y[blank])                             # a blank: same prefix
             if prefix:
-                add(prefix, 1, p_nb + y[prefix[-1]])                                  # repeat collapses
+                _accumulate(nxt, prefix, 1, p_nb + y[prefix[-1]])                     # repeat collapses
             for c, y_c in enumerate(y):
                 if c == blank:
                     continue
                 from_ = p_b if prefix and c == prefix[-1] else total
-                add(prefix + (c,), 1, from_ + y_c)
+                _accumulate(nxt, prefix + (c,), 1, from_ + y_c)
         ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)
         beams = {prefix: (p[0], p[1]) for prefix, p in ranked[:beam_size]}
     return list(max(beams.items(), key=lambda kv: _logaddexp(*kv[1]))[0])
+
+
+def _accumulate(table: dict, prefix: tuple[int, ...], which: int, value: float) -> None:
+    """table[prefix][which] ⊕= value in log space (which: 0 = ends in blank, 1 = ends in a label)."""
+    entry = table.setdefault(prefix, [NEG_INF, NEG_INF])
+    entry[which] = _logaddexp(entry[which], value)
 
 
 def _logaddexp(a: float, b: float) -> float:

@@ -217,12 +217,15 @@ def _flash_query_block(q_i: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row0
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 64,
                     causal: bool = False) -> torch.Tensor:
-    """Exact attention softmax(Q K^T / sqrt(d)) V, tiled over queries AND keys (Dao et al., 2022).
+    """Exact attention softmax(Q K^T / sqrt(d)) V, tiled over queries AND keys (FlashAttention).
+
+    The loop order is that of FlashAttention-2 (Dao, 2023), not of the first FlashAttention (Dao et al.,
+    2022): query blocks outside, key blocks inside, an unnormalised accumulator divided once at the end.
 
     For each block of ``block_size`` queries, the key/value blocks are visited once, keeping a running
     max m, denominator ell and numerator acc (the online softmax, extended to the weighted sum of
     values). Only ``(block_size, block_size)`` score tiles ever exist: the ``L x S`` matrix is never
-    materialised. Same FLOPs as the naive version, O(L d) memory instead of O(L S).
+    materialised. Same forward FLOPs as the naive version, O(L d) memory instead of O(L S).
 
     ``causal=True`` uses the top-left aligned mask of :func:`causal_mask` (query i sees keys 0..i), as
     ``F.scaled_dot_product_attention(is_causal=True)``. Returns out ``(..., L, d_v)``.

@@ -87,8 +87,9 @@ def test_torch_ctc_gradient_wrt_log_probs_assumes_a_log_softmax():
     """
     logits, targets, input_lengths, target_lengths = _case(12, 3, 5, 3, seed=2)
     log_probs = logits.log_softmax(-1).requires_grad_(True)
-    g_ours, = torch.autograd.grad(ctc_loss(log_probs, targets, input_lengths, target_lengths, reduction="sum"), log_probs)
-    g_ref, = torch.autograd.grad(F.ctc_loss(log_probs, targets, input_lengths, target_lengths, reduction="sum"), log_probs)
+    args = (targets, input_lengths, target_lengths)
+    g_ours, = torch.autograd.grad(ctc_loss(log_probs, *args, reduction="sum"), log_probs)
+    g_ref, = torch.autograd.grad(F.ctc_loss(log_probs, *args, reduction="sum"), log_probs)
     frames = torch.arange(12)[:, None, None] < input_lengths[None, :, None]
     torch.testing.assert_close(g_ref - g_ours, log_probs.detach().exp() * frames, rtol=1e-8, atol=1e-10)
 
@@ -146,3 +147,17 @@ def test_greedy_decode_is_the_collapsed_argmax_path_and_respects_lengths():
         log_probs[t, 0, a] = log_probs[t, 1, b] = 0.0
     assert greedy_decode(log_probs) == [[1, 1, 2], [2, 2, 1]]
     assert greedy_decode(log_probs, torch.tensor([2, 4])) == [[1], [2, 2]]
+
+
+def test_ctc_loss_ignores_padding_and_supports_another_blank():
+    logits, targets, input_lengths, target_lengths = _case(10, 3, 5, 3, seed=3)
+    log_probs = logits.log_softmax(-1)
+    padded = targets.clone()
+    for n in range(3):
+        padded[n, int(target_lengths[n]):] = 99  # F.ctc_loss ignores whatever lies beyond a target's length
+    torch.testing.assert_close(ctc_loss(log_probs, padded, input_lengths, target_lengths),
+                               F.ctc_loss(log_probs, targets, input_lengths, target_lengths), rtol=1e-10, atol=1e-10)
+    shifted = targets - 1  # labels 0..3, blank = 4
+    torch.testing.assert_close(ctc_loss(log_probs.roll(-1, dims=2), shifted, input_lengths, target_lengths, blank=4),
+                               F.ctc_loss(log_probs.roll(-1, dims=2), shifted, input_lengths, target_lengths, blank=4),
+                               rtol=1e-10, atol=1e-10)

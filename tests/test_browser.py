@@ -146,7 +146,8 @@ def test_buttons_follow_the_repository_setting(browser, server):
     try:
         links = page.evaluate("() => [...document.querySelectorAll('.article-header-buttons a')].map(a => a.href)")
         launch = [href for href in links if "colab" in href or "mybinder" in href]
-        assert bool(launch) == bool(current_url(ROOT)), f"launch links {launch} with repository.url={current_url(ROOT)!r}"
+        url = current_url(ROOT)
+        assert bool(launch) == bool(url), f"launch links {launch} with repository.url={url!r}"
         assert any(href.endswith(".ipynb") for href in links), f"no .ipynb download link among {links}"
     finally:
         context.close()

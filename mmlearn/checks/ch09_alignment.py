@@ -1,0 +1,83 @@
+"""Checks for the exercises of chapter 9 (notebooks/09_alignment_*.ipynb)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmlearn.alignment import _extended_targets, ctc_log_alpha
+from mmlearn.checks import CheckFailed, call_student, expect_close, expect_equal, fresh_generator, register
+
+F64 = torch.float64
+
+
+@register("ex-ch09-min-frames", hint="Each label needs a frame; between two equal neighbours a blank must "
+                                     "separate them, or the collapse merges them.")
+def _check_min_frames(min_frames) -> None:
+    gen = fresh_generator()
+    cases = [[1], [1, 1], [2, 2, 2], [1, 2, 1], [3, 3, 1, 1, 2]]
+    cases += [torch.randint(1, 4, (int(torch.randint(1, 12, (1,), generator=gen)),), generator=gen).tolist()
+              for _ in range(6)]
+    for case, target in enumerate(cases):
+        expected = len(target) + sum(a == b for a, b in zip(target, target[1:]))
+        expect_equal(call_student(min_frames, list(target), what=f"case {case}"), expected,
+                     what=f"case {case}: the minimum number of frames for target {target}")
+
+
+def reference_log_beta(log_probs: torch.Tensor, target: list[int], blank: int = 0) -> torch.Tensor:
+    """log β_t(s) (Graves' convention: it includes y_{l'_s}(t)) as α of the time-reversed problem."""
+    ext = _extended_targets(torch.tensor([target], dtype=torch.long).reshape(1, -1), None, blank)
+    alpha_rev = ctc_log_alpha(log_probs.flip(0)[:, None], ext.flip(1), blank)[:, 0]    # (T, L)
+    return alpha_rev.flip(0).flip(1)
+
+
+@register("ex-ch09-ctc-beta", hint="Mirror the alpha recursion: start at the last two states at t = T-1 and "
+                                   "move from s to s, s+1 and (when allowed) s+2, backwards in time.")
+def _check_ctc_beta(ctc_log_beta) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        S = int(torch.randint(1, 4, (1,), generator=gen))
+        target = torch.randint(1, 4, (S,), generator=gen).tolist()
+        T = S + sum(a == b for a, b in zip(target, target[1:])) + int(torch.randint(0, 5, (1,), generator=gen))
+        log_probs = torch.randn(T, 4, generator=gen, dtype=F64).log_softmax(-1)
+        got = call_student(ctc_log_beta, log_probs.clone(), list(target), what=f"case {case}")
+        expected = reference_log_beta(log_probs, target)
+        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+            raise CheckFailed(f"case {case}: expected a tensor of shape {tuple(expected.shape)} = (T, 2S+1)")
+        reachable = expected > -1e29
+        zero_ok = torch.equal(got.detach() > -1e29, reachable) or torch.equal(torch.isfinite(got.detach()), reachable)
+        if not zero_ok:
+            raise CheckFailed(f"case {case}: the states with probability 0 are not where they should be "
+                              f"(target {target}, T = {T})")
+        expect_close(torch.where(reachable, got.detach().to(F64), torch.zeros_like(expected)),
+                     torch.where(reachable, expected, torch.zeros_like(expected)),
+                     what=f"case {case}: log beta for target {target}, T = {T}", atol=1e-8, rtol=1e-8)
+
+
+@register("ex-ch09-dtw-band", hint="Only cells with |i - j·T1/T2| <= w may be used: give every other cell an "
+                                   "infinite cost and run the ordinary recursion.")
+def _check_dtw_band(dtw_band) -> None:
+    gen = fresh_generator()
+    for case in range(5):
+        T1, T2 = (int(v) for v in torch.randint(2, 9, (2,), generator=gen))
+        w = int(torch.randint(1, 4, (1,), generator=gen))
+        cost = torch.rand(T1, T2, generator=gen, dtype=F64)
+        expected = _brute_band(cost, w)
+        got = call_student(dtw_band, cost.clone(), w, what=f"case {case}")
+        expect_close(float(got), expected, what=f"case {case}: banded DTW cost, shape {(T1, T2)}, w = {w}",
+                     atol=1e-9, rtol=1e-9)
+
+
+def _brute_band(cost: torch.Tensor, w: int) -> float:
+    T1, T2 = cost.shape
+    inside = [[abs(i - j * (T1 - 1) / max(T2 - 1, 1)) <= w for j in range(T2)] for i in range(T1)]
+    best: dict[tuple[int, int], float] = {}
+    for i in range(T1):
+        for j in range(T2):
+            if not inside[i][j]:
+                best[i, j] = math.inf
+                continue
+            prev = [best[p] for p in ((i - 1, j), (i, j - 1), (i - 1, j - 1)) if p[0] >= 0 and p[1] >= 0]
+            best[i, j] = float(cost[i, j]) + (min(prev) if prev else 0.0)
+    return best[T1 - 1, T2 - 1]
