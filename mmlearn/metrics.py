@@ -1,4 +1,4 @@
-"""Evaluation metrics: accuracy, retrieval recall@k, corpus BLEU."""
+"""Evaluation metrics: accuracy, retrieval recall@k, corpus BLEU, edit distance, WER and CER."""
 
 from __future__ import annotations
 
@@ -102,3 +102,44 @@ def _check_bleu_inputs(candidates, references) -> None:
         if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0 \
                 or any(isinstance(r, str) or not isinstance(r, Sequence) for r in refs):
             raise ValueError(f"references[{i}] must be a non-empty list of token lists, got {refs!r}")
+
+
+# ---- speech recognition: edit distance, WER, CER ---------------------------------------------
+
+def edit_distance(hypothesis: Sequence, reference: Sequence) -> int:
+    """Levenshtein distance: the fewest substitutions, insertions and deletions turning one into the other.
+
+    d(i, j) = min(d(i-1, j) + 1, d(i, j-1) + 1, d(i-1, j-1) + [h_i ≠ r_j]),  d(i, 0) = i, d(0, j) = j,
+    for the first i items of ``hypothesis`` and the first j of ``reference``; one row kept at a time.
+    """
+    previous = list(range(len(reference) + 1))
+    for i, h in enumerate(hypothesis, start=1):
+        current = [i]
+        for j, r in enumerate(reference, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r)))
+        previous = current
+    return previous[-1]
+
+
+def error_rate(hypotheses: Sequence[Sequence], references: Sequence[Sequence]) -> float:
+    """Σ edit_distance(h, r) / Σ len(r): word error rate on word lists, character error rate on strings.
+
+    Pooled over the corpus (not a mean of per-utterance rates). Insertions count, so it can exceed 1.
+    """
+    if len(hypotheses) != len(references) or not references:
+        raise ValueError(f"need as many hypotheses as references (at least one), got {len(hypotheses)} and "
+                         f"{len(references)}")
+    total = sum(len(r) for r in references)
+    if total == 0:
+        raise ValueError("the references are all empty: the error rate is undefined")
+    return sum(edit_distance(h, r) for h, r in zip(hypotheses, references)) / total
+
+
+def word_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """WER: :func:`error_rate` over whitespace-separated words."""
+    return error_rate([h.split() for h in hypotheses], [r.split() for r in references])
+
+
+def char_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """CER: :func:`error_rate` over characters (spaces included)."""
+    return error_rate(list(hypotheses), list(references))

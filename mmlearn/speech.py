@@ -19,12 +19,14 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-__all__ = ["ENGLISH_VOICES", "VARIANTS", "available_voices", "speak", "speak_many"]
+__all__ = ["ENGLISH_VOICES", "HELDOUT_VOICES", "TRAIN_VOICES", "VARIANTS", "SpokenCaptions", "available_voices",
+           "speak", "speak_many", "spoken_captions"]
 
 _AUDIO_OUTPUT_SYNCHRONOUS, _CHARS_UTF8, _POS_CHARACTER = 2, 1, 1
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
@@ -39,6 +41,9 @@ _chunks: list[torch.Tensor] = []
 # 2-3 distinct outputs in 3 fresh processes), which would break "same arguments, same waveform".
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f4", "klatt", "klatt2", "croak")
 ENGLISH_VOICES = tuple(["en"] + [f"en+{v}" for v in VARIANTS])
+# The split by voice: a recogniser is trained on TRAIN_VOICES and tested on voices it never heard.
+HELDOUT_VOICES = ("en+m7", "en+f4", "en+klatt2")
+TRAIN_VOICES = tuple(v for v in ENGLISH_VOICES if v not in HELDOUT_VOICES)
 
 
 def _on_samples(wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.c_void_p) -> int:
@@ -162,3 +167,42 @@ def _synthesise(lib: ctypes.CDLL, text: str) -> torch.Tensor:
     samples = torch.cat(_chunks) if _chunks else torch.zeros(0, dtype=torch.int16)
     _chunks.clear()
     return samples
+
+
+# ---- spoken ShapesWorld -------------------------------------------------------------------------
+
+@dataclass
+class SpokenCaptions:
+    """Captions and their spoken versions: ``waves[i]`` (T_i,) float32 says ``captions[i]``."""
+
+    waves: list[torch.Tensor]
+    captions: list[str]
+    voices: list[str]
+    rates: list[int]
+    pitches: list[int]
+    sample_rate: int
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def spoken_captions(captions: list[str], voices: tuple[str, ...], *, seed: int = 0, group: int = 12,
+                    rate_range: tuple[int, int] = (140, 220), pitch_range: tuple[int, int] = (30, 70),
+                    sample_rate: int = 16000) -> SpokenCaptions:
+    """Speak every caption: each run of ``group`` captions gets the next voice (cycling through
+    ``voices``) and a speaking rate and pitch drawn uniformly from the ranges (seeded: same
+    arguments, same waveforms). Use disjoint voice lists for training and test sets."""
+    if not voices or not captions:
+        raise ValueError(f"need at least one caption and one voice, got {len(captions)} and {len(voices)}")
+    rng = torch.Generator().manual_seed(seed)
+    out = SpokenCaptions([], [], [], [], [], sample_rate)
+    for k, start in enumerate(range(0, len(captions), group)):
+        chunk = list(captions[start:start + group])
+        voice = voices[k % len(voices)]
+        rate, pitch = (int(torch.randint(lo, hi + 1, (1,), generator=rng)) for lo, hi in (rate_range, pitch_range))
+        out.waves += speak_many(chunk, voice=voice, rate=rate, pitch=pitch, sample_rate=sample_rate)
+        out.captions += chunk
+        out.voices += [voice] * len(chunk)
+        out.rates += [rate] * len(chunk)
+        out.pitches += [pitch] * len(chunk)
+    return out

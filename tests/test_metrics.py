@@ -9,7 +9,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmlearn.metrics import accuracy, bleu, recall_at_k
+from mmlearn.metrics import (
+    accuracy,
+    bleu,
+    char_error_rate,
+    edit_distance,
+    error_rate,
+    recall_at_k,
+    word_error_rate,
+)
 
 # ---- accuracy -----------------------------------------------------------------------------------
 
@@ -151,3 +159,35 @@ def test_bleu_bounds_and_order_invariance(cands, rnd):
 def test_bleu_bad_input(cands, refs, max_n, match):
     with pytest.raises(ValueError, match=match):
         bleu(cands, refs, max_n=max_n)
+
+
+# ---- edit distance, WER, CER ------------------------------------------------------------------
+
+def _brute_edit_distance(a, b):
+    """Plain recursion over the three last operations (exponential; tiny inputs only)."""
+    if not a or not b:
+        return len(a) + len(b)
+    return min(_brute_edit_distance(a[:-1], b) + 1, _brute_edit_distance(a, b[:-1]) + 1,
+               _brute_edit_distance(a[:-1], b[:-1]) + (a[-1] != b[-1]))
+
+
+@given(st.text("abc", max_size=6), st.text("abc", max_size=6))
+def test_edit_distance_equals_brute_force_and_is_a_metric(a, b):
+    d = edit_distance(a, b)
+    assert d == _brute_edit_distance(a, b) == edit_distance(b, a)
+    assert (d == 0) == (a == b) and abs(len(a) - len(b)) <= d <= max(len(a), len(b))
+
+
+def test_wer_and_cer_on_known_cases():
+    ref = ["a large red circle", "a small blue square"]
+    hyp = ["a large red circles", "a blue square square"]
+    # words: 1 substitution; 1 deletion + 1 insertion -> 3 errors over 8 reference words
+    assert word_error_rate(hyp, ref) == pytest.approx(3 / 8)
+    assert char_error_rate(["abc"], ["abd"]) == pytest.approx(1 / 3)
+    assert word_error_rate(["a a a a"], ["a"]) == 3.0  # insertions: WER can exceed 1
+
+
+@pytest.mark.parametrize("hyp, ref", [([], []), (["a"], ["a", "b"]), ([""], [""])])
+def test_error_rate_bad_input(hyp, ref):
+    with pytest.raises(ValueError, match="hypotheses|empty"):
+        error_rate(hyp, ref)

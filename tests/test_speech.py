@@ -58,3 +58,18 @@ def test_mandarin_voice_speaks_chinese():
 def test_speak_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         speak(**kwargs)
+
+
+def test_spoken_captions_cycle_voices_and_are_seeded():
+    from mmlearn.speech import HELDOUT_VOICES, TRAIN_VOICES, spoken_captions
+
+    assert not set(HELDOUT_VOICES) & set(TRAIN_VOICES)
+    assert set(HELDOUT_VOICES) | set(TRAIN_VOICES) == set(ENGLISH_VOICES)
+    captions = ["a red circle", "a blue square", "a small green triangle", "a yellow circle", "a large red square"]
+    first = spoken_captions(captions, ("en+m1", "en+f1"), seed=3, group=2, sample_rate=8000)
+    again = spoken_captions(captions, ("en+m1", "en+f1"), seed=3, group=2, sample_rate=8000)
+    assert len(first) == 5 and first.voices == ["en+m1", "en+m1", "en+f1", "en+f1", "en+m1"]
+    assert first.rates[0] == first.rates[1] and all(140 <= r <= 220 for r in first.rates)
+    assert all(torch.equal(a, b) for a, b in zip(first.waves, again.waves))
+    with pytest.raises(ValueError, match="at least one"):
+        spoken_captions([], ("en",))
