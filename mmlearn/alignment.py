@@ -19,7 +19,8 @@ import torch
 
 from mmlearn._validate import require_floating, require_in, require_int, require_rank
 
-__all__ = ["collapse", "ctc_loss", "dtw", "greedy_decode", "prefix_beam_search"]
+__all__ = ["SpeechRecognizer", "collapse", "ctc_loss", "dtw", "greedy_decode", "prefix_beam_search",
+           "speech_features"]
 
 NEG_INF = -math.inf
 
@@ -218,3 +219,58 @@ def _logaddexp(a: float, b: float) -> float:
         return a
     m = max(a, b)
     return m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+# ---- a speech recogniser ------------------------------------------------------------------------
+
+def speech_features(waves: list[torch.Tensor], sample_rate: int, *, n_fft: int = 512, hop_length: int = 384,
+                    n_mels: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel frames of a batch of waveforms, standardised per utterance and band (CMVN).
+
+    Returns (features (N, T_max, n_mels), lengths (N,)); frames beyond an utterance's length are 0.
+    log(mel · |STFT|² + 1e-10) with a periodic Hann window, as chapter 2's ``log_mel_spectrogram``
+    (which it equals), using ``torch.stft`` (an FFT) for speed.
+    """
+    from mmlearn.preprocess import mel_filterbank
+
+    if not waves or any(require_rank(w, "wave", 1, "(T,)").numel() == 0 for w in waves):
+        raise ValueError("waves must be a non-empty list of non-empty (T,) waveforms")
+    window = torch.hann_window(n_fft, device=waves[0].device, dtype=waves[0].dtype)
+    mel = mel_filterbank(n_mels, n_fft, sample_rate, dtype=waves[0].dtype, device=waves[0].device)
+    frames = []
+    for w in waves:                         # one STFT per utterance: padding never leaks into a frame
+        power = torch.stft(w, n_fft, hop_length, window=window, center=True, pad_mode="reflect",
+                           return_complex=True).abs() ** 2                          # (F, T_i)
+        logmel = (mel @ power + 1e-10).log()                                         # (n_mels, T_i)
+        mean, std = logmel.mean(1, keepdim=True), logmel.std(1, unbiased=False, keepdim=True)
+        frames.append(((logmel - mean) / (std + 1e-5)).T)                            # (T_i, n_mels)
+    lengths = torch.tensor([len(f) for f in frames], device=waves[0].device)
+    return torch.nn.utils.rnn.pad_sequence(frames, batch_first=True), lengths
+
+
+class SpeechRecognizer(torch.nn.Module):
+    """Log-mel frames → characters, for CTC: a strided convolution, a bidirectional GRU, a linear layer.
+
+    The convolution (kernel 5, stride 2) halves the frame rate; the GRU reads the whole utterance in
+    both directions; the linear layer gives log-probabilities over ``num_classes`` symbols (blank = 0).
+    forward(x (B, T, n_mels)) -> log_probs (B, ⌈T/2⌉, num_classes); ``output_lengths(T)`` = ⌈T/2⌉.
+    """
+
+    def __init__(self, num_classes: int, n_mels: int = 40, hidden: int = 96) -> None:
+        super().__init__()
+        self.n_mels = require_int(n_mels, "n_mels", 1)
+        self.conv = torch.nn.Conv1d(n_mels, hidden, kernel_size=5, stride=2, padding=2)
+        self.rnn = torch.nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
+        self.out = torch.nn.Linear(2 * hidden, require_int(num_classes, "num_classes", 2))
+
+    @staticmethod
+    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        return (lengths + 1) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = require_rank(x, "x", 3, "(B, T, n_mels)")
+        if x.shape[-1] != self.n_mels:
+            raise ValueError(f"x must be (B, T, {self.n_mels}), got {tuple(x.shape)}")
+        h = torch.nn.functional.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)   # (B, T/2, hidden)
+        h, _ = self.rnn(h)                                                            # (B, T/2, 2 hidden)
+        return self.out(h).log_softmax(-1)                                            # (B, T/2, C)

@@ -24,13 +24,18 @@ __all__ = ["claim", "glue"]
 
 
 class _Shown:
-    """A value whose text representation is the book's chosen format (what ``{glue:text}`` prints)."""
+    """A value whose text representation is the book's chosen format (what ``{glue:text}`` prints).
+
+    myst-nb passes the stored text through ``ast.literal_eval`` before printing it, which would turn
+    ``0.930`` into ``0.93`` and ``1,000`` into ``(1, 0)``: the repr is therefore the *quoted* string,
+    which literal_eval turns back into exactly the formatted text.
+    """
 
     def __init__(self, value: object, fmt: str) -> None:
         self.value, self.fmt = value, fmt
 
     def __repr__(self) -> str:
-        return self.fmt.format(self.value)
+        return repr(self.fmt.format(self.value))
 
 
 def _as_number(name: str, value: object) -> float | object:

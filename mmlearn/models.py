@@ -168,8 +168,11 @@ class CLIP(nn.Module):
 
         I = normalize(W_i f(image)),  T = normalize(W_t g(text)),  logits = e^s I T^T,  e^s <= max_scale
 
-    ``s = logit_scale`` is learned in log space, initialised at log(1/0.07); the multiplier e^s is
-    clamped at ``max_scale`` = 100 (the gradient stops there, as in CLIP). ``forward(images, ids, mask)``
+    ``s = logit_scale`` is learned in log space, initialised at log(1/0.07). As in CLIP and open_clip,
+    the *stored log* is clamped at log(``max_scale``) = log 100 — the same as capping the multiplier at
+    100 — **in place, after each optimiser step**: call :meth:`clamp_logit_scale_` after
+    ``optimizer.step()``. (Clamping inside ``forward`` instead would zero the gradient of ``s`` as soon
+    as it passes the cap, and it could never come back.) ``forward(images, ids, mask)``
     returns ``logits_per_image`` (N, N) (row = image, column = text; ``.T`` is ``logits_per_text``);
     :meth:`loss` is the symmetric InfoNCE of :func:`mmlearn.losses.clip_loss`.
     The encoders are any modules mapping images -> (B, d_i) and (ids, mask) -> (B, d_t).
@@ -190,8 +193,14 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
         self.max_log_scale, self.embed_dim = math.log(max_scale), embed_dim
 
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> CLIP:
+        """Clamp the parameter s to [0, log(max_scale)] in place (call it after each optimiser step)."""
+        self.logit_scale.clamp_(0.0, self.max_log_scale)
+        return self
+
     def clamped_logit_scale(self) -> torch.Tensor:
-        """s clamped at log(max_scale): the log of the multiplier actually used."""
+        """s clamped at log(max_scale), for display; training uses ``logit_scale`` and :meth:`clamp_logit_scale_`."""
         return self.logit_scale.clamp(max=self.max_log_scale)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -202,14 +211,14 @@ class CLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         image_emb, text_emb = self.encode_image(images), self.encode_text(ids, mask)
-        return self.clamped_logit_scale().exp() * image_emb @ text_emb.T               # (N, M)
+        return self.logit_scale.exp() * image_emb @ text_emb.T                         # (N, M)
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Symmetric InfoNCE over the batch: pair i (image i, text i) is the positive of row and column i."""
         image_emb, text_emb = self.encode_image(images), self.encode_text(ids, mask)
         if len(image_emb) != len(text_emb):
             raise ValueError(f"need one text per image, got {len(image_emb)} images and {len(text_emb)} texts")
-        return clip_loss(image_emb, text_emb, self.clamped_logit_scale())
+        return clip_loss(image_emb, text_emb, self.logit_scale)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ ours               update                                      torch reference
 =================  ==========================================  =====================================
 gradient_descent   w ← w − η ∇L(w)                             (a plain function on tensors)
 SGD                w ← w − η (g + λw)                          torch.optim.SGD(lr, weight_decay=λ)
-Momentum           b ← μb + (1−τ)g;  w ← w − η b               torch.optim.SGD(momentum=μ, ...)
+Momentum           b ← βb + (1−τ)g;  w ← w − η b               torch.optim.SGD(momentum=β, ...)
 Adam               m, v moments, bias-corrected                torch.optim.Adam
 AdamW              Adam with decoupled weight decay            torch.optim.AdamW
 =================  ==========================================  =====================================
@@ -103,15 +103,16 @@ class SGD(torch.optim.Optimizer):
 
 
 class Momentum(torch.optim.Optimizer):
-    """SGD with heavy-ball momentum (Polyak), optionally Nesterov's variant.
+    """SGD with heavy-ball momentum (Polyak 1964), optionally Nesterov's variant (Nesterov 1983, in the
+    momentum form of Sutskever et al. 2013).
 
     .. math::
-        g_t = \\nabla L(w_t) + \\lambda w_t, \\quad b_t = \\mu\\, b_{t-1} + (1 - \\tau)\\, g_t
+        g_t = \\nabla L(w_t) + \\lambda w_t, \\quad b_t = \\beta\\, b_{t-1} + (1 - \\tau)\\, g_t
         \\ (b_1 = g_1), \\quad w_{t+1} = w_t - \\eta\\, b_t
-        \\ \\text{(Nesterov: } w_{t+1} = w_t - \\eta\\, (g_t + \\mu b_t))
+        \\ \\text{(Nesterov: } w_{t+1} = w_t - \\eta\\, (g_t + \\beta b_t))
 
-    μ is ``momentum``, τ is ``dampening``. The same trajectory as
-    ``torch.optim.SGD(params, lr, momentum=μ, dampening=τ, weight_decay=λ, nesterov=...)``.
+    β is ``momentum`` (the momentum coefficient), τ is ``dampening``. The same trajectory as
+    ``torch.optim.SGD(params, lr, momentum=β, dampening=τ, weight_decay=λ, nesterov=...)``.
     """
 
     def __init__(self, params: Params, lr: float, momentum: float = 0.9, dampening: float = 0.0,
@@ -130,7 +131,7 @@ class Momentum(torch.optim.Optimizer):
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = _closure_loss(closure)
         for group in self.param_groups:
-            lr, mu, tau, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            lr, beta, tau, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
             for w in group["params"]:
                 if w.grad is None:
                     continue
@@ -139,9 +140,9 @@ class Momentum(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = g.clone()           # b_1 = g_1 (no dampening at the start)
                 else:
-                    state["momentum_buffer"].mul_(mu).add_(g, alpha=1 - tau)
+                    state["momentum_buffer"].mul_(beta).add_(g, alpha=1 - tau)
                 b = state["momentum_buffer"]
-                w.add_(g.add(b, alpha=mu) if group["nesterov"] else b, alpha=-lr)
+                w.add_(g.add(b, alpha=beta) if group["nesterov"] else b, alpha=-lr)
         return loss
 
 

@@ -161,3 +161,30 @@ def test_ctc_loss_ignores_padding_and_supports_another_blank():
     torch.testing.assert_close(ctc_loss(log_probs.roll(-1, dims=2), shifted, input_lengths, target_lengths, blank=4),
                                F.ctc_loss(log_probs.roll(-1, dims=2), shifted, input_lengths, target_lengths, blank=4),
                                rtol=1e-10, atol=1e-10)
+
+
+def test_speech_features_match_log_mel_and_ignore_padding():
+    from mmlearn.alignment import speech_features
+    from mmlearn.preprocess import log_mel_spectrogram
+
+    g = torch.Generator().manual_seed(0)
+    waves = [torch.randn(4000, generator=g, dtype=torch.float64), torch.randn(2500, generator=g, dtype=torch.float64)]
+    feats, lengths = speech_features(waves, 8000, n_fft=256, hop_length=128, n_mels=20)
+    assert feats.shape == (2, 4000 // 128 + 1, 20) and lengths.tolist() == [32, 20]
+    alone = log_mel_spectrogram(waves[1], 8000, n_fft=256, hop_length=128, n_mels=20)       # (20, T)
+    cmvn = ((alone - alone.mean(1, keepdim=True)) / (alone.std(1, unbiased=False, keepdim=True) + 1e-5)).T
+    torch.testing.assert_close(feats[1, :20], cmvn, rtol=1e-6, atol=1e-6)
+    assert feats[1, 20:].abs().max() == 0
+    with pytest.raises(ValueError, match="non-empty"):
+        speech_features([torch.zeros(0)], 8000)
+
+
+def test_speech_recognizer_shapes_and_bad_input():
+    from mmlearn.alignment import SpeechRecognizer
+
+    model = SpeechRecognizer(num_classes=10, n_mels=16, hidden=8)
+    out = model(torch.randn(3, 21, 16))
+    assert out.shape == (3, 11, 10) and model.output_lengths(torch.tensor([21, 20])).tolist() == [11, 10]
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(3, 11))
+    with pytest.raises(ValueError, match=r"\(B, T, 16\)"):
+        model(torch.randn(3, 21, 40))

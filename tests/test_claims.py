@@ -83,3 +83,13 @@ def test_tf32_is_switched_off_on_cuda(monkeypatch):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("value, fmt, shown", [(0.93, "{:.3f}", "0.930"), (135286, "{:,}", "135,286"),
+                                               (0.5, "{:.0%}", "50%"), (2.5e-7, "{:.1e}", "2.5e-07")])
+def test_glued_text_survives_myst_nb_formatting(value, fmt, shown):
+    from myst_nb.core.variables import format_plain_text
+
+    from mmlearn.claims import _Shown
+
+    assert format_plain_text(repr(_Shown(value, fmt)), "") == shown

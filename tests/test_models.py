@@ -159,19 +159,47 @@ def test_clip_loss_by_hand(device):
 
 
 def test_clip_temperature_clamp(device):
+    """The stored log is clamped in place at log 100 (as in CLIP / open_clip): the multiplier is 100."""
     model = toy_clip(device)
     x, t = torch.randn(4, 6, device=device, dtype=torch.float64), torch.randn(4, 6, device=device, dtype=torch.float64)
     cos = model.encode_image(x) @ model.encode_text(t).T
     with torch.no_grad():
         model.logit_scale.fill_(10.0)                      # e^10 = 22026 would be the multiplier
-    torch.testing.assert_close(model(x, t), 100.0 * cos)   # ... but it is clamped at 100
+    assert model.clamp_logit_scale_() is model
+    assert model.logit_scale.item() == pytest.approx(math.log(100.0))
+    torch.testing.assert_close(model(x, t), 100.0 * cos)   # ... clamped at 100
     model.loss(x, t).backward()
-    assert model.logit_scale.grad.item() == 0.0           # above the clamp the temperature stops learning
-    model.zero_grad()
+    assert model.logit_scale.grad.item() != 0.0           # at the cap the temperature still learns
     with torch.no_grad():
-        model.logit_scale.fill_(1.0)
-    model.loss(x, t).backward()
-    assert model.logit_scale.grad.item() != 0.0
+        model.logit_scale.fill_(-1.0)
+    model.clamp_logit_scale_()
+    assert model.logit_scale.item() == 0.0                 # multiplier at least 1
+
+
+def test_clip_temperature_recovers_from_the_cap(device):
+    """A multiplier pushed past the cap comes back when the loss asks for a softer softmax.
+
+    Clamping inside forward would zero the gradient of s above log 100, so s could never decrease;
+    clamping the parameter after the step keeps the gradient alive.
+    """
+    model = toy_clip(device, d_text=8)
+    model.text_encoder.lin.load_state_dict({k: -v for k, v in model.image_encoder.lin.state_dict().items()})
+    model.text_proj.load_state_dict(model.image_proj.state_dict())   # text = -image: every positive is the worst
+    x = torch.randn(8, 6, device=device, dtype=torch.float64)
+    opt = torch.optim.SGD([model.logit_scale], lr=1e-3)
+    with torch.no_grad():
+        model.logit_scale.fill_(6.0)                       # past the cap, e.g. after a large step
+    model.clamp_logit_scale_()
+    history = []
+    for _ in range(5):
+        opt.zero_grad()
+        model.loss(x, x).backward()
+        assert model.logit_scale.grad.item() > 0          # dL/ds = -(S_ii - E_p[S_i.]) > 0: lower s
+        opt.step()
+        model.clamp_logit_scale_()
+        history.append(model.logit_scale.item())
+    assert history[0] < math.log(100.0)
+    assert all(0 < b < a for a, b in zip(history, history[1:])), history
 
 
 def test_clip_bad_input():

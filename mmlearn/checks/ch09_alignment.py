@@ -81,3 +81,33 @@ def _brute_band(cost: torch.Tensor, w: int) -> float:
             prev = [best[p] for p in ((i - 1, j), (i, j - 1), (i - 1, j - 1)) if p[0] >= 0 and p[1] >= 0]
             best[i, j] = float(cost[i, j]) + (min(prev) if prev else 0.0)
     return best[T1 - 1, T2 - 1]
+
+
+@register("ex-ch09-edit-distance", hint="d(i, j) = min(d(i-1, j) + 1, d(i, j-1) + 1, d(i-1, j-1) + [a_i != b_j]), "
+                                        "with d(i, 0) = i and d(0, j) = j.")
+def _check_edit_distance(edit_distance) -> None:
+    from mmlearn.metrics import edit_distance as reference
+
+    gen = fresh_generator()
+    cases = [("", ""), ("abc", ""), ("", "ab"), ("kitten", "sitting"), (["a", "red", "circle"], ["a", "circle"])]
+    for _ in range(6):
+        a, b = (torch.randint(0, 3, (int(torch.randint(0, 8, (1,), generator=gen)),), generator=gen).tolist()
+                for _ in range(2))
+        cases.append((a, b))
+    for case, (a, b) in enumerate(cases):
+        expect_equal(call_student(edit_distance, a, b, what=f"case {case}"), reference(a, b),
+                     what=f"case {case}: edit distance between {a!r} and {b!r}")
+
+
+@register("ex-ch09-feasible", hint="After a stride-s subsampling, T frames become ceil(T / s); compare that with "
+                                   "the minimum number of frames of the target.")
+def _check_feasible(feasible) -> None:
+    gen = fresh_generator()
+    for case in range(12):
+        text = "".join("abl "[int(i)] for i in torch.randint(0, 4, (int(torch.randint(1, 15, (1,), generator=gen)),),
+                                                               generator=gen))
+        frames, stride = int(torch.randint(1, 40, (1,), generator=gen)), int(torch.randint(1, 5, (1,), generator=gen))
+        needed = len(text) + sum(a == b for a, b in zip(text, text[1:]))
+        expect_equal(bool(call_student(feasible, frames, text, stride, what=f"case {case}")),
+                     math.ceil(frames / stride) >= needed,
+                     what=f"case {case}: can {frames} frames with stride {stride} carry {text!r}")

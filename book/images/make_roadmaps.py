@@ -1,0 +1,139 @@
+"""Draw the roadmap figure of each chapter page (book/images/roadmap_chNN.png).
+
+    python book/images/make_roadmaps.py
+
+Each roadmap shows where the chapter starts (what it needs from earlier chapters, grey), its notebooks
+(blue, in reading order) and what later chapters take from it (green). The figures are static
+diagrams of the book's structure: they contain no measured numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+STYLE = {
+    "in": dict(fc="#eeeeee", ec="#888888"),
+    "nb": dict(fc="#dbe9f6", ec="#2b6cb0"),
+    "out": dict(fc="#e3f4e1", ec="#2f855a"),
+}
+W, H = 2.6, 1.25  # box size in data units
+
+
+def box(ax, x, y, title, lines, kind):
+    ax.add_patch(FancyBboxPatch((x - W / 2, y - H / 2), W, H, boxstyle="round,pad=0.04,rounding_size=0.12",
+                                lw=1.3, **STYLE[kind]))
+    ax.text(x, y + H / 2 - 0.2, title, ha="center", va="center", fontsize=10, weight="bold")
+    ax.text(x, y - 0.12, "\n".join(lines), ha="center", va="center", fontsize=8.5, linespacing=1.25)
+
+
+def arrow(ax, a, b):
+    (x0, y0), (x1, y1) = a, b
+    dx = W / 2 + 0.05
+    if x1 > x0:  # rightwards
+        start, end = (x0 + dx, y0), (x1 - dx, y1)
+    elif x1 < x0:  # leftwards (second row of a snake)
+        start, end = (x0 - dx, y0), (x1 + dx, y1)
+    else:  # downwards
+        start, end = (x0, y0 - H / 2 - 0.03), (x1, y1 + H / 2 + 0.03)
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, lw=1.2, color="#444444",
+                                 connectionstyle="arc3,rad=0"))
+
+
+def snake(items):
+    """Positions for six boxes in two rows read as a snake: left to right, down, right to left."""
+    pos = [(0, 1.75), (3.2, 1.75), (6.4, 1.75), (6.4, 0), (3.2, 0), (0, 0)]
+    return {key: (*pos[i], *rest) for i, (key, rest) in enumerate(items.items())}
+
+
+def roadmap(name, title, nodes, edges, width=9.5, height=4.0):
+    fig, ax = plt.subplots(figsize=(width, height))
+    xs = [n[0] for n in nodes.values()]
+    ys = [n[1] for n in nodes.values()]
+    ax.set_xlim(min(xs) - W / 2 - 0.2, max(xs) + W / 2 + 0.2)
+    ax.set_ylim(min(ys) - H / 2 - 0.2, max(ys) + H / 2 + 0.45)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    for (x, y, kind, head, lines) in nodes.values():
+        box(ax, x, y, head, lines, kind)
+    for a, b in edges:
+        arrow(ax, nodes[a][:2], nodes[b][:2])
+    ax.set_title(title, fontsize=11, loc="left")
+    fig.tight_layout()
+    fig.savefig(HERE / f"roadmap_{name}.png", dpi=130, bbox_inches="tight", pad_inches=0.08)
+    plt.close(fig)
+
+
+def main():
+    roadmap("ch02", "Chapter 2 — from raw signals to tensors a model can read", {
+        "in": (0, 0, "in", "Chapter 1", ["modalities as tensors", "ShapesWorld"]),
+        "img": (3.2, 1.5, "nb", "Images", ["normalise, standardise", "grey, Otsu, resize", "aliasing, augmentation"]),
+        "txt": (3.2, 0, "nb", "Text", ["UTF-8, tokenisers", "byte-level BPE", "padding + mask"]),
+        "aud": (3.2, -1.5, "nb", "Audio", ["sampling, resampling", "STFT, mel, MFCC"]),
+        "lib": (6.4, 0, "out", "mmlearn.preprocess", ["one tested function", "per step"]),
+        "out": (9.6, 0, "out", "Chapter 3", ["encoders read these", "tensors"]),
+    }, [("in", "img"), ("in", "txt"), ("in", "aud"), ("img", "lib"), ("txt", "lib"), ("aud", "lib"),
+        ("lib", "out")], height=4.4)
+    roadmap("ch03", "Chapter 3 — one encoder per modality, and what each knows alone", {
+        "in": (0, 0, "in", "Chapter 2", ["image, token and", "spectrogram tensors"]),
+        "cnn": (3.2, 1.5, "nb", "CNNs", ["conv2d: loops, im2col", "pooling, receptive field", "CNNEncoder"]),
+        "rnn": (3.2, -1.5, "nb", "RNN, LSTM, GRU", ["cells vs nn.LSTM", "BPTT, vanishing gradient", "Text/AudioEncoder"]),
+        "pb": (6.4, 0, "nb", "Patches + baselines", ["patch embedding = conv", "unimodal accuracy", "per task"]),
+        "out": (9.6, 0, "out", "Chapters 4, 6, 7", ["encoders to fuse", "baselines to beat"]),
+    }, [("in", "cnn"), ("in", "rnn"), ("cnn", "pb"), ("rnn", "pb"), ("pb", "out")], height=4.4)
+    roadmap("ch04", "Chapter 4 — where and how modalities meet", snake({
+        "in": ("in", "Chapter 3", ["encoders and", "unimodal baselines"]),
+        "op": ("nb", "Fusion operators", ["additive vs", "multiplicative", "parameter counts"]),
+        "xor": ("nb", "Multimodal XOR", ["additive fusion", "is at chance", "(two proofs)"]),
+        "sw": ("nb", "ShapesWorld", ["redundant, complementary,", "synergistic; EMAP;", "missing modalities"]),
+        "src": ("nb", "Source models", ["articles 000, 001, 004", "rebuilt, run, trained"]),
+        "out": ("out", "Chapters 5–8", ["fusion model to optimise;", "cross-attention next"]),
+    }), [("in", "op"), ("op", "xor"), ("xor", "sw"), ("sw", "src"), ("src", "out")])
+    roadmap("ch05", "Chapter 5 — how every model in the book learns", snake({
+        "in": ("in", "Chapters 3–4", ["models with", "parameters w"]),
+        "gd": ("nb", "Gradient descent", ["descent lemma", "step size < 2/L", "conditioning"]),
+        "opt": ("nb", "Optimisers", ["minibatches, momentum", "Adam, AdamW", "warm-up + cosine"]),
+        "loss": ("nb", "Losses", ["cross-entropy, LSE", "KL, InfoNCE", "the CLIP loss"]),
+        "bp": ("nb", "Backpropagation", ["scalar autograd", "gradient checking"]),
+        "out": ("out", "Chapters 6–8", ["hand-derived backward", "CLIP training"]),
+    }), [("in", "gd"), ("gd", "opt"), ("opt", "loss"), ("loss", "bp"), ("bp", "out")])
+    roadmap("ch06", "Chapter 6 — attention, from a lookup to the Transformer", snake({
+        "in": ("in", "Chapters 2, 5", ["tokens, masks;", "softmax, backprop"]),
+        "der": ("nb", "Attention derived", ["soft lookup", "softmax, the square root", "of the key width"]),
+        "tr": ("nb", "Transformer block", ["masks, multi-head", "positions, FFN", "LayerNorm, residuals"]),
+        "bf": ("nb", "Backward + tiling", ["gradient by hand", "online softmax", "flash-style tiles"]),
+        "cr": ("nb", "Cross-attention", ["text queries,", "image keys/values"]),
+        "out": ("out", "Chapter 7", ["ViT, CLIP, captioner,", "VLM connectors"]),
+    }), [("in", "der"), ("der", "tr"), ("tr", "bf"), ("bf", "cr"), ("cr", "out")])
+    roadmap("ch07", "Chapter 7 — multimodal models built from Transformers", snake({
+        "in": ("in", "Chapters 3–6", ["encoders, losses,", "Transformer blocks"]),
+        "vit": ("nb", "ViT", ["patches as tokens", "vs the CNN on", "small data"]),
+        "clip": ("nb", "CLIP", ["contrastive loss", "zero-shot, retrieval", "unseen combinations"]),
+        "cap": ("nb", "Captioning", ["decoder that", "reads the image", "beam search, BLEU"]),
+        "vlm": ("nb", "Vision–language", ["Flamingo, Q-Former,", "LLaVA connectors", "a tiny LLaVA"]),
+        "out": ("out", "Chapter 8", ["applications", "measured"]),
+    }), [("in", "vit"), ("vit", "clip"), ("clip", "cap"), ("cap", "vlm"), ("vlm", "out")])
+    roadmap("ch08", "Chapter 8 — practice: every claim with its number", snake({
+        "in": ("in", "Chapters 1–7", ["data, encoders, fusion,", "training, models"]),
+        "proj": ("nb", "A complete project", ["splits, sanity checks", "checkpoints, early stop", "errors, ablation"]),
+        "dia": ("nb", "Diagnosis", ["prompt vs fusion", "Bayes ceiling", "sensitivity, specificity"]),
+        "app": ("nb", "Applications", ["retrieval, captions,", "VQA, audio–visual,", "text to image"]),
+        "ch": ("nb", "Challenges", ["data, compute, shift", "the FAQ answered", "with evidence"]),
+        "out": ("out", "Chapter 9, your project", ["the same four steps", "and the same checks"]),
+    }), [("in", "proj"), ("proj", "dia"), ("dia", "app"), ("app", "ch"), ("ch", "out")])
+    roadmap("ch09", "Chapter 9 — alignment: speech to text", {
+        "in": (0, 0, "in", "Chapters 2, 3, 5", ["log-mel spectrograms,", "GRU, log-sum-exp"]),
+        "ctc": (3.2, 0, "nb", "DTW and CTC", ["cheapest path vs", "sum over alignments", "greedy, prefix beam"]),
+        "asr": (6.4, 0, "nb", "A speech recogniser", ["spoken ShapesWorld,", "split by voice;", "WER and CER"]),
+        "out": (9.6, 0, "out", "Beyond this book", ["any two sequences", "at different speeds"]),
+    }, [("in", "ctc"), ("ctc", "asr"), ("asr", "out")], height=2.2)
+
+
+if __name__ == "__main__":
+    main()
