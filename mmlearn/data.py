@@ -43,6 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmlearn._validate import require_in, require_int
+from mmlearn.speech import speak, spoken_captions  # noqa: F401 (spoken ShapesWorld, chapter 9; re-exported)
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow")
