@@ -32,7 +32,8 @@ def dtw(cost: torch.Tensor) -> tuple[float, list[tuple[int, int]]]:
 
     D[i, j] = cost[i, j] + min(D[i-1, j], D[i, j-1], D[i-1, j-1]),  D[0, 0] = cost[0, 0];
     the path starts at (0, 0), ends at (T1-1, T2-1) and each step advances i, j or both.
-    Returns (D[T1-1, T2-1], path). The anti-diagonals of D depend only on the previous two, so each
+    Returns (D[T1-1, T2-1], path); costs may be inf (a forbidden cell), and when no finite path exists
+    the result is (inf, []). The anti-diagonals of D depend only on the previous two, so each
     is computed as one vector operation (T1 + T2 - 1 steps instead of T1 · T2).
     """
     cost = require_floating(require_rank(cost, "cost", 2, "(T1, T2)"), "cost").detach().to("cpu", torch.float64)
@@ -46,15 +47,16 @@ def dtw(cost: torch.Tensor) -> tuple[float, list[tuple[int, int]]]:
         j = d - i
         best = torch.minimum(torch.minimum(D[i, j + 1], D[i + 1, j]), D[i, j])      # up, left, diagonal
         D[i + 1, j + 1] = cost[i, j] + best
-    return float(D[T1, T2]), _backtrack(D)
+    total = float(D[T1, T2])
+    return total, (_backtrack(D) if math.isfinite(total) else [])
 
 
 def _backtrack(D: torch.Tensor) -> list[tuple[int, int]]:
     i, j = D.shape[0] - 1, D.shape[1] - 1
     path = [(i - 1, j - 1)]
     while (i, j) != (1, 1):
-        steps = [(i - 1, j - 1), (i - 1, j), (i, j - 1)]                             # prefer the diagonal
-        i, j = min(steps, key=lambda s: float(D[s]))
+        steps = [(a, b) for a, b in ((i - 1, j - 1), (i - 1, j), (i, j - 1)) if a >= 1 and b >= 1]
+        i, j = min(steps, key=lambda s: float(D[s]))                                 # ties: the diagonal
         path.append((i - 1, j - 1))
     return path[::-1]
 

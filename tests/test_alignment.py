@@ -188,3 +188,13 @@ def test_speech_recognizer_shapes_and_bad_input():
     torch.testing.assert_close(out.exp().sum(-1), torch.ones(3, 11))
     with pytest.raises(ValueError, match=r"\(B, T, 16\)"):
         model(torch.randn(3, 21, 40))
+
+
+def test_dtw_with_forbidden_cells_and_no_path():
+    cost = torch.ones(4, 3, dtype=torch.float64)
+    cost[1:3, :] = math.inf  # rows 1 and 2 forbidden: no monotone path can cross them
+    assert dtw(cost) == (math.inf, [])
+    cost = torch.ones(3, 3, dtype=torch.float64)
+    cost[0, 1] = cost[1, 0] = math.inf
+    total, path = dtw(cost)
+    assert total == 3.0 and path == [(0, 0), (1, 1), (2, 2)]
