@@ -93,7 +93,7 @@ def make_model(cfg: dict, vocab_size: int) -> CLIP:
 def step_loss(clip: CLIP, model: torch.nn.Module, images: torch.Tensor, ids: torch.Tensor, mode: str):
     """The loss to differentiate, and the global-batch loss to log (identical for single/gather)."""
     img, txt = model(images, ids)                                            # (b, E) each, via DDP's forward
-    scale = clip.clamped_logit_scale()
+    scale = clip.logit_scale                                                 # clamped in place after each step
     if mode == "single":
         loss = clip_loss(img, txt, scale)
         return loss, loss.item()
@@ -133,6 +133,7 @@ def run(mode: str, cfg: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()                                                  # DDP all-reduces (averages) here
             opt.step()
+            clip.clamp_logit_scale_()                                        # as open_clip: the parameter itself
             losses.append(logged)
     seconds = time.perf_counter() - start
     with torch.no_grad():
