@@ -560,8 +560,8 @@ def agreement_pairs(attr: torch.Tensor, n: int, *, generator: torch.Generator | 
     ``(n,)`` long tensors on the CPU.
     """
     if not isinstance(attr, torch.Tensor) or attr.ndim != 1 or attr.dtype.is_floating_point:
-        raise ValueError(f"agreement_pairs: attr must be a 1-D integer tensor, got {getattr(attr, 'dtype', type(attr))} "
-                         f"{tuple(getattr(attr, 'shape', ()))}")
+        got = f"{getattr(attr, 'dtype', type(attr))} {tuple(getattr(attr, 'shape', ()))}"
+        raise ValueError(f"agreement_pairs: attr must be a 1-D integer tensor, got {got}")
     if not isinstance(n, int) or n <= 0:
         raise ValueError(f"agreement_pairs: n must be a positive int, got {n!r}")
     attr = attr.cpu()
