@@ -123,16 +123,25 @@ def main():
         "in": ("in", "Chapters 1–7", ["data, encoders, fusion,", "training, models"]),
         "proj": ("nb", "A complete project", ["splits, sanity checks", "checkpoints, early stop", "errors, ablation"]),
         "dia": ("nb", "Diagnosis", ["prompt vs fusion", "Bayes ceiling", "sensitivity, specificity"]),
-        "app": ("nb", "Applications", ["retrieval, captions,", "VQA, audio–visual,", "text to image"]),
+        "app": ("nb", "Applications", ["retrieval, captions,", "VQA, audio–visual;", "each with a baseline"]),
         "ch": ("nb", "Challenges", ["data, compute, shift", "the FAQ answered", "with evidence"]),
         "out": ("out", "Chapter 9, your project", ["the same four steps", "and the same checks"]),
     }), [("in", "proj"), ("proj", "dia"), ("dia", "app"), ("app", "ch"), ("ch", "out")])
-    roadmap("ch09", "Chapter 9 — alignment: speech to text", {
-        "in": (0, 0, "in", "Chapters 2, 3, 5", ["log-mel spectrograms,", "GRU, log-sum-exp"]),
+    roadmap("ch09", "Chapter 9 — alignment: speech to text, speech to images", {
+        "in": (0, 0, "in", "Chapters 2, 3, 5, 7", ["log-mel spectrograms,", "GRU, log-sum-exp,", "CLIP's loss"]),
         "ctc": (3.2, 0, "nb", "DTW and CTC", ["cheapest path vs", "sum over alignments", "greedy, prefix beam"]),
         "asr": (6.4, 0, "nb", "A speech recogniser", ["spoken ShapesWorld,", "split by voice;", "WER and CER"]),
-        "out": (9.6, 0, "out", "Beyond this book", ["any two sequences", "at different speeds"]),
-    }, [("in", "ctc"), ("ctc", "asr"), ("asr", "out")], height=2.2)
+        "ret": (9.6, 0, "nb", "Speech ↔ image", ["no transcript:", "contrastive pairs,", "recall@k"]),
+        "out": (12.8, 0, "out", "Chapter 10", ["from one modality", "to another"]),
+    }, [("in", "ctc"), ("ctc", "asr"), ("asr", "ret"), ("ret", "out")], width=12.5, height=2.2)
+    roadmap("ch10", "Chapter 10 — generation: from a caption to an image, and back", snake({
+        "in": ("in", "Chapters 6, 7", ["Transformers,", "CLIP, captioning"]),
+        "vq": ("nb", "Image tokens", ["VQ-VAE, codebook,", "straight-through,", "dead codes"]),
+        "tok": ("nb", "One Transformer", ["[text; image tokens]", "both directions,", "sampling"]),
+        "flow": ("nb", "Flow matching", ["noise → image,", "classifier-free", "guidance"]),
+        "judge": ("nb", "Measured", ["a judge trained on", "real scenes; CLIPScore;", "held-out pairs"]),
+        "out": ("out", "Beyond this book", ["DALL·E, Chameleon,", "Stable Diffusion"]),
+    }), [("in", "vq"), ("vq", "tok"), ("tok", "flow"), ("flow", "judge"), ("judge", "out")])
 
 
 if __name__ == "__main__":

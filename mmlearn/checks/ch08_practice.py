@@ -140,3 +140,77 @@ def _check_power_law(fit_power_law) -> None:
             raise CheckFailed(f"case {case}: b should be positive for a decreasing error (err = a · n^(-b))")
         expect_close(g_b, ref_b, what=f"case {case}: exponent b", atol=1e-6, rtol=1e-4)
         expect_close(g_a, ref_a, what=f"case {case}: prefactor a", atol=1e-6, rtol=1e-4)
+
+
+# ---- 08_practice_applications (second edition) -------------------------------------------------------
+
+@register("ex-ch08-random-ranking", hint="The rank of the match is uniform on 1..N; average 1/r over r = 1..N.")
+def _check_random_ranking(answer) -> None:
+    expected = sum(1 / r for r in range(1, 41)) / 40
+    if answer is not None and abs(float(answer) - 1 / 40) < 1e-9:
+        raise CheckFailed("1/40 is recall@1 of chance; the mean reciprocal rank averages 1/rank over ranks 1..40")
+    expect_number(answer, expected, what="expected MRR of a random ranking, N = 40", tol=1e-4)
+
+
+@register("ex-ch08-word-order", hint="words = caption.split(); reorder them with torch.randperm(len(words), "
+                                     "generator=generator); join with spaces.")
+def _check_shuffle_words(shuffle_words) -> None:
+    caption = "a large red circle left of a small blue square"
+    outputs = set()
+    for case in range(20):
+        gen = torch.Generator().manual_seed(case)
+        got = _call(shuffle_words, caption, gen, what=f"call {case}")
+        if not isinstance(got, str):
+            raise CheckFailed(f"call {case}: expected a string, got {type(got).__name__}")
+        if sorted(got.split()) != sorted(caption.split()):
+            raise CheckFailed(f"call {case}: {got!r} is not a reordering of the words of {caption!r}")
+        outputs.add(got)
+    if len(outputs) < 5:
+        raise CheckFailed(f"20 calls with different generators gave only {len(outputs)} different orders: "
+                          "use the generator to draw a random permutation")
+
+
+@register("ex-ch08-data-factor", hint="Solve a (m n)^(-b) = a n^(-b) / r for m.")
+def _check_data_factor(data_factor) -> None:
+    for b, r in ((0.5, 2.0), (0.25, 2.0), (1.0, 10.0), (0.23, 2.0), (0.7, 3.5)):
+        got = _call(data_factor, b, r, what=f"b = {b}, r = {r}")
+        if isinstance(got, (int, float)) and abs(got - r ** b) < 1e-9 and abs(r ** b - r ** (1 / b)) > 1e-6:
+            raise CheckFailed(f"b = {b}, r = {r}: you returned r^b; solve m^(-b) = 1/r for m")
+        expect_number(got, r ** (1 / b), what=f"b = {b}, r = {r}", tol=1e-6 * r ** (1 / b))
+
+
+@register("ex-ch08-test-size", hint="SE = sqrt(a(1 - a)/n) is largest at a = 1/2; solve 1/(2 sqrt(n)) <= 0.01.")
+def _check_test_size(answer) -> None:
+    if answer == 10_000:
+        raise CheckFailed("10000 solves sqrt(1/n) <= 0.01; the worst case of a(1 - a) is 1/4, not 1")
+    expect_equal(answer, 2500, what="smallest n with a standard error of at most 0.01 for every a")
+
+
+def _roc_reference(scores: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Thresholds just below each distinct score, from the highest down: (FPR, TPR) lists with (0, 0) first."""
+    pos, neg = int(labels.sum()), int((1 - labels).sum())
+    fpr, tpr = [0.0], [0.0]
+    for t in sorted(set(scores.tolist()), reverse=True):
+        hit = scores >= t
+        tpr.append(int((hit & (labels == 1)).sum()) / pos)
+        fpr.append(int((hit & (labels == 0)).sum()) / neg)
+    return fpr, tpr
+
+
+@register("ex-ch08-roc", hint="Sort by decreasing score; cumulative sums of positives and negatives give TP and "
+                              "FP at every threshold; keep one point per distinct score.")
+def _check_roc(roc_points) -> None:
+    gen = fresh_generator()
+    for case in range(6):
+        n = int(torch.randint(4, 40, (1,), generator=gen))
+        labels = torch.randint(0, 2, (n,), generator=gen)
+        labels[0], labels[1] = 0, 1                                         # both classes present
+        scores = torch.randint(0, 6, (n,), generator=gen).double() / 5 if case % 2 else torch.rand(n, generator=gen)
+        got = _call(roc_points, scores, labels, what=f"case {case}")
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise CheckFailed(f"case {case}: expected a tuple (fpr, tpr), got {type(got).__name__}")
+        fpr, tpr = _roc_reference(scores, labels)
+        expect_close(torch.as_tensor(got[0]).double(), torch.tensor(fpr, dtype=torch.float64),
+                     what=f"case {case} ({'with' if case % 2 else 'without'} tied scores): false-positive rates")
+        expect_close(torch.as_tensor(got[1]).double(), torch.tensor(tpr, dtype=torch.float64),
+                     what=f"case {case}: true-positive rates")
