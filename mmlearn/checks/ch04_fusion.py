@@ -150,3 +150,35 @@ def _check_collapse(collapse) -> None:
         with torch.no_grad():
             expect_close(torch.cat([t, i], 1) @ W.T + b, model(t, i), what=f"{what}: W [t; i] + b vs the model",
                          atol=1e-8)
+
+
+def _fit_r2_n_reference(fusion: nn.Module, data, n_train: int, steps: int, lr: float) -> float:
+    x_a, x_b, y = data
+    opt = torch.optim.Adam(fusion.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = (fusion(x_a[:n_train], x_b[:n_train])[:, 0] - y[:n_train]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        residual = (fusion(x_a[2000:], x_b[2000:])[:, 0] - y[2000:]).pow(2).mean()
+    return 1 - (residual / y[2000:].var()).item()
+
+
+@register("ex-ch04-rank-and-data", hint="Copy fit_r2 and replace every [:2000] of the training loop by [:n_train]; "
+                                        "the test slice [2000:] stays.")
+def _check_fit_r2_n(fit_r2_n) -> None:
+    from mmlearn.fusion import LowRankFusion
+
+    gen = fresh_generator()
+    x_a, x_b = torch.randn(2, 2100, 3, generator=gen, dtype=torch.float64)
+    y = (x_a[:, 0] * x_b[:, 1] + x_a[:, 2]).clone()
+    y[:30] += 5 * torch.randn(30, generator=gen, dtype=torch.float64)      # noisy first samples
+    data = (x_a, x_b, y)
+    for n_train in (30, 500):
+        torch.manual_seed(0)
+        expected = _fit_r2_n_reference(LowRankFusion([3, 3], 1, rank=2).double(), data, n_train, 40, 0.03)
+        torch.manual_seed(0)
+        got = fit_r2_n(LowRankFusion([3, 3], 1, rank=2).double(), data, n_train, steps=40, lr=0.03)
+        expect_number(got, expected, what=f"test R² after training on the first {n_train} samples (40 steps)",
+                      tol=1e-6)
