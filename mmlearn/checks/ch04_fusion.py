@@ -182,3 +182,28 @@ def _check_fit_r2_n(fit_r2_n) -> None:
         got = fit_r2_n(LowRankFusion([3, 3], 1, rank=2).double(), data, n_train, steps=40, lr=0.03)
         expect_number(got, expected, what=f"test R² after training on the first {n_train} samples (40 steps)",
                       tol=1e-6)
+
+
+@register("ex-ch04-xor-noise", hint="q = atan(sigma) / pi is the probability that noise flips one sign; the "
+                                    "prediction is right when both or neither sign flips.")
+def _check_bayes_accuracy(bayes_accuracy) -> None:
+    import math
+
+    for sigma in (0.0, 0.1, 0.5, 1.0, 3.0):
+        q = math.atan(sigma) / math.pi
+        expect_number(bayes_accuracy(sigma), (1 - q) ** 2 + q**2, what=f"sigma = {sigma}", tol=1e-9)
+
+
+@register("ex-ch04-emap-projection", hint="Row means as a column, column means as a row, minus the grand mean; "
+                                          "broadcasting gives the (N, N) matrix.")
+def _check_additive_fit(additive_fit) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        n = int(torch.randint(2, 9, (1,), generator=gen))
+        F = torch.randn(n, n, generator=gen, dtype=torch.float64)
+        expected = F.mean(1, keepdim=True) + F.mean(0, keepdim=True) - F.mean()
+        got = additive_fit(F)
+        if not isinstance(got, torch.Tensor) or got.shape != (n, n):
+            raise CheckFailed(f"case {case}: expected an ({n}, {n}) tensor, got "
+                              f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+        expect_close(got, expected, what=f"case {case}: the additive fit of a random {n}×{n} score matrix", atol=1e-10)
