@@ -178,3 +178,65 @@ def _check_best_eps(answer) -> None:
         raise CheckFailed(f"{g:.3g} is δ^(1/3), the right order of magnitude — but minimise E(ε) exactly: "
                           "the constant M/6 changes the factor in front")
     expect_number(g / expected, 1.0, what=f"your ε* = {g:.3g} relative to the minimiser of E", tol=0.02)
+
+
+@register("ex-ch05-linear-backward",
+          hint="Match shapes: dW has W's shape (out, in) = dyᵀ x; db sums dy over the batch; dx = dy W.")
+def _check_linear_backward(linear_backward) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        n, n_in, n_out = (int(v) for v in torch.randint(1, 9, (3,), generator=gen))
+        x = torch.randn(n, n_in, generator=gen, dtype=torch.float64, requires_grad=True)
+        W = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(n_out, generator=gen, dtype=torch.float64, requires_grad=True)
+        dy = torch.randn(n, n_out, generator=gen, dtype=torch.float64)
+        (x @ W.T + b).backward(dy)
+        got = linear_backward(x.detach(), W.detach(), b.detach(), dy)
+        if not isinstance(got, tuple) or len(got) != 3:
+            raise CheckFailed(f"case {case}: expected a tuple (dx, dW, db), got {type(got).__name__}")
+        for name, ours, leaf in zip(("dx", "dW", "db"), got, (x, W, b)):
+            expect_close(ours, leaf.grad, what=f"case {case}: {name} for x {tuple(x.shape)}, W {tuple(W.shape)}",
+                         atol=1e-10, rtol=1e-8)
+
+
+def checkpoint_peaks(segment_counts: tuple[int, ...] = (2, 4, 8, 16, 32)) -> dict[int, int]:
+    """Peak bytes of one training step of a 32 x (Linear(128, 128), Tanh) network, batch 256, float32, for
+    ``checkpoint_sequential`` with each number of segments (parameter gradients already allocated)."""
+    from torch import nn
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    from mmlearn.attention import measure_peak_memory
+
+    model = nn.Sequential(*[m for _ in range(32) for m in (nn.Linear(128, 128), nn.Tanh())])
+    x = torch.randn(256, 128, requires_grad=True)
+
+    def step(s: int) -> None:
+        checkpoint_sequential(model, s, x, use_reentrant=False).square().mean().backward()
+    step(2)  # allocate the parameter gradients once
+    return {s: measure_peak_memory(step, s, device="cpu")[1] for s in segment_counts}
+
+
+@register("ex-ch05-checkpoint-segments",
+          hint="Build the network of the exercise, run one step first, then measure each step with "
+               "measure_peak_memory(step, s) for s in 2, 4, 8, 16, 32.")
+def _check_checkpoint_segments(peak_by_segments) -> None:
+    if not isinstance(peak_by_segments, dict) or sorted(peak_by_segments) != [2, 4, 8, 16, 32]:
+        raise CheckFailed(f"expected a dict with the keys 2, 4, 8, 16, 32 (segments), got {peak_by_segments!r}")
+    want = checkpoint_peaks((2, 8, 32))
+    for s, w in want.items():
+        expect_number(peak_by_segments[s], w, what=f"peak bytes with {s} segments", tol=0.1 * w)
+
+
+@register("ex-ch05-local-curvature", hint="p = sigmoid(X @ w); scale the rows of X by p (1 - p), multiply by X^T, "
+                                          "divide by N.")
+def _check_logistic_hessian(logistic_hessian) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        n, d = int(torch.randint(3, 30, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
+        X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        y = (torch.rand(n, generator=gen) < 0.5).double()
+        w = torch.randn(d, generator=gen, dtype=torch.float64)
+        loss = lambda v, X=X, y=y: (torch.nn.functional.softplus(X @ v) - y * (X @ v)).mean()
+        expected = torch.autograd.functional.hessian(loss, w)
+        expect_close(logistic_hessian(X, w), expected, what=f"case {case}: Hessian for X {tuple(X.shape)}",
+                     atol=1e-10)
