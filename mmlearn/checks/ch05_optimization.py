@@ -240,3 +240,20 @@ def _check_logistic_hessian(logistic_hessian) -> None:
         expected = torch.autograd.functional.hessian(loss, w)
         expect_close(logistic_hessian(X, w), expected, what=f"case {case}: Hessian for X {tuple(X.shape)}",
                      atol=1e-10)
+
+
+@register("ex-ch05-adam-rotation", hint="R = [[cos t, -sin t], [sin t, cos t]] with t in radians; return R @ A @ R.T.")
+def _check_rotated(rotated) -> None:
+    import math
+
+    gen = fresh_generator()
+    for degrees in (0.0, 30.0, 45.0, 90.0, -20.0):
+        B = torch.randn(2, 2, generator=gen, dtype=torch.float64)
+        A = B @ B.T
+        t = math.radians(degrees)
+        R = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
+        got = rotated(A, degrees)
+        if isinstance(got, torch.Tensor) and torch.allclose(got.cpu(), R.T @ A @ R) and degrees not in (0.0, 90.0):
+            raise CheckFailed(f"{degrees}°: you returned R^T A R, the rotation by {-degrees}°")
+        expect_close(got.cpu() if isinstance(got, torch.Tensor) else got, R @ A @ R.T,
+                     what=f"rotation by {degrees}°", atol=1e-12)
