@@ -127,6 +127,61 @@ def _check_merge_stats(merge_stats) -> None:
                      f"(blocks of sizes {cut} and {n - cut})", atol=1e-10, rtol=1e-9)
 
 
+def _tile_grads(tile_backward, q, k, v, g, B: int, case: int) -> tuple[torch.Tensor, ...]:
+    """Run the student's one-tile backward over every (query block, key block) pair and assemble dQ, dK, dV."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    s = q @ k.T * scale
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)  # (L, 1)
+    delta = (g * (torch.softmax(s, dim=-1) @ v)).sum(dim=-1, keepdim=True)  # (L, 1)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for i in range(0, q.shape[0], B):
+        for j in range(0, k.shape[0], B):
+            rows, cols = slice(i, i + B), slice(j, j + B)
+            got = call_student(tile_backward, q[rows], k[cols], v[cols], g[rows], lse[rows], delta[rows],
+                               what=f"case {case}")
+            if not isinstance(got, tuple) or len(got) != 3:
+                raise CheckFailed(f"case {case}: expected a tuple (dq_i, dk_j, dv_j), got {type(got).__name__}")
+            for name, t, want in zip(("dq_i", "dk_j", "dv_j"), got, (q[rows], k[cols], v[cols])):
+                if not isinstance(t, torch.Tensor) or t.shape != want.shape:
+                    raise CheckFailed(f"case {case}: {name} must have shape {tuple(want.shape)}, got "
+                                      f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            dq[rows] += got[0]
+            dk[cols] += got[1]
+            dv[cols] += got[2]
+    return dq, dk, dv
+
+
+@register("ex-ch06-tile-backward", hint="P = exp(q_i k_j^T / sqrt(d) - lse_i); dv_j = P^T do_i; "
+                                        "dS = P * (do_i v_j^T - delta_i); then dq_i and dk_j, each with 1/sqrt(d).")
+def _check_tile_backward(tile_backward) -> None:
+    gen = fresh_generator()
+    for case in range(3):
+        L, S, d, dv_, B = (int(x) for x in torch.randint(2, 12, (5,), generator=gen))
+        leaves = [torch.randn(n, m, generator=gen, dtype=F64, requires_grad=True)
+                  for n, m in ((L, d), (S, d), (S, dv_))]
+        g = torch.randn(L, dv_, generator=gen, dtype=F64)
+        (torch.softmax(leaves[0] @ leaves[1].T / math.sqrt(d), dim=-1) @ leaves[2]).backward(g)
+        got = _tile_grads(tile_backward, *(t.detach() for t in leaves), g, B, case)
+        for name, ours, leaf in zip(("dQ", "dK", "dV"), got, leaves):
+            expect_close(ours, leaf.grad, what=f"case {case}: {name} summed over tiles of {B} (L={L}, S={S}, d={d})",
+                         atol=1e-10, rtol=1e-8)
+
+
+@register("ex-ch06-flash-block-size", hint="Measure flash_attention(q, k, v, block_size=B) followed by .backward(g) "
+                                            "inside measure_peak_memory, with L = 512, d = 64, float32, 2-D tensors.")
+def _check_flash_block_size(peak_by_block) -> None:
+    from mmlearn.attention import flash_attention, measure_peak_memory
+
+    if not isinstance(peak_by_block, dict) or sorted(peak_by_block) != [16, 64, 256]:
+        raise CheckFailed(f"expected a dict with the keys 16, 64, 256 (block sizes), got {peak_by_block!r}")
+    for B in (16, 256):
+        q, k, v = (torch.randn(512, 64, requires_grad=True) for _ in range(3))
+        g = torch.randn(512, 64)
+        want = measure_peak_memory(lambda: flash_attention(q, k, v, block_size=B).backward(g))[1]  # noqa: B023
+        expect_number(peak_by_block[B], want, what=f"peak bytes of forward + backward with block_size={B}",
+                      tol=0.1 * want)
+
+
 # ---- 06_attention_cross -------------------------------------------------------------------------
 
 @register("ex-ch06-cross-count", hint="Each head has one weight per (query, key) pair.")
@@ -152,3 +207,19 @@ def _check_cross_attention(cross_attention) -> None:
         where = f"case {case}: text {tuple(text.shape)}, patches {tuple(patches.shape)}, d={d}"
         expect_close(got[1], weights, what=f"{where}: weights", atol=1e-10, rtol=1e-8)
         expect_close(got[0], weights @ (patches @ W_v), what=f"{where}: out", atol=1e-10, rtol=1e-8)
+
+
+@register("ex-ch06-effective-keys", hint="exp of the entropy -sum w log w over the last dimension; "
+                                         "torch.special.xlogy(w, w) handles w = 0.")
+def _check_perplexity(perplexity) -> None:
+    gen = fresh_generator()
+    uniform = torch.full((3, 5), 0.2, dtype=torch.float64)
+    expect_close(perplexity(uniform), torch.full((3,), 5.0, dtype=torch.float64), what="uniform on 5 keys",
+                 atol=1e-10)
+    one_hot = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)
+    got = perplexity(one_hot)
+    if torch.isnan(torch.as_tensor(got)).any():
+        raise CheckFailed("a one-hot row gives nan: use the convention 0 log 0 = 0 (torch.special.xlogy)")
+    expect_close(got, torch.ones(1, dtype=torch.float64), what="one-hot row", atol=1e-10)
+    w = torch.softmax(torch.randn(2, 4, 7, generator=gen, dtype=torch.float64), -1)
+    expect_close(perplexity(w), torch.exp(-(w * w.log()).sum(-1)), what="random rows of shape (2, 4, 7)", atol=1e-10)
