@@ -1,4 +1,4 @@
-"""Loss functions built from scratch (chapter 5): cross-entropy, KL divergence, InfoNCE, CLIP.
+"""Loss functions built from scratch (chapter 5): cross-entropy, KL divergence, InfoNCE, CLIP, SigLIP.
 
 All are numerically stable: they work in log space through the log-sum-exp trick
 ``logsumexp(x) = m + log Σ exp(x − m)`` with ``m = max x``, so logits of ±1e4 give finite losses.
@@ -161,6 +161,25 @@ def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float = 0.1, 
     return cross_entropy(logits, torch.arange(n, device=query.device))
 
 
+def _require_pairs(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ``(N, d)`` float tensors of the same shape (row i of each is pair i)."""
+    image_emb = require_floating(require_rank(image_emb, "image_emb", 2, "(N, d)"), "image_emb")
+    text_emb = require_rank(text_emb, "text_emb", 2, "(N, d)")
+    if text_emb.shape != image_emb.shape:
+        raise ValueError(f"text_emb must have the shape of image_emb {tuple(image_emb.shape)}, "
+                         f"got {tuple(text_emb.shape)}")
+    return image_emb, text_emb
+
+
+def _require_scalar(value: torch.Tensor | float, name: str, like: torch.Tensor) -> torch.Tensor:
+    """A one-element tensor (kept, so it can be a learnable parameter) or a float made into one."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    if value.numel() != 1:
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+    return value
+
+
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
     """The symmetric contrastive loss of CLIP (Radford et al.).
 
@@ -173,15 +192,36 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     L2-normalised. ``logit_scale`` ``s`` is the LOG of the multiplier (CLIP learns ``s``, initialised to
     ``log(1/0.07)``); a scalar tensor (learnable) or a float.
     """
-    image_emb = require_floating(require_rank(image_emb, "image_emb", 2, "(N, d)"), "image_emb")
-    text_emb = require_rank(text_emb, "text_emb", 2, "(N, d)")
-    if text_emb.shape != image_emb.shape:
-        raise ValueError(f"text_emb must have the shape of image_emb {tuple(image_emb.shape)}, "
-                         f"got {tuple(text_emb.shape)}")
-    if not isinstance(logit_scale, torch.Tensor):
-        logit_scale = torch.tensor(float(logit_scale), dtype=image_emb.dtype, device=image_emb.device)
-    if logit_scale.numel() != 1:
-        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
+    image_emb, text_emb = _require_pairs(image_emb, text_emb)
+    logit_scale = _require_scalar(logit_scale, "logit_scale", image_emb)
     logits = logit_scale.exp() * _normalize(image_emb) @ _normalize(text_emb).T    # (N, N): image i vs text j
     target = torch.arange(len(logits), device=logits.device)
     return (cross_entropy(logits, target) + cross_entropy(logits.T, target)) / 2
+
+
+def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
+                logit_bias: torch.Tensor | float) -> torch.Tensor:
+    """The pairwise sigmoid loss of SigLIP (Zhai et al., 2023).
+
+    .. math::
+        \\mathcal{L} = -\\frac1N \\sum_{i=1}^N \\sum_{j=1}^N
+        \\log \\sigma\\bigl(z_{ij}\\,(e^{s}\\, \\hat x_i^\\top \\hat y_j + b)\\bigr),
+        \\qquad z_{ii} = +1,\\; z_{ij} = -1 \\;(i \\ne j)
+
+    ``image_emb`` and ``text_emb`` are ``(N, d)``, pair ``i`` matching; ``x̂``, ``ŷ`` are their rows
+    L2-normalised. Every one of the N² (image, text) pairs is an independent binary question, "do these
+    match?" — no softmax over the batch. ``logit_scale`` ``s`` is the log of the multiplier and
+    ``logit_bias`` ``b`` a bias (SigLIP starts at ``s = log 10``, ``b = -10``); scalar tensors or floats.
+    Computed with ``logsigmoid``, stable for any logit.
+    """
+    image_emb, text_emb = _require_pairs(image_emb, text_emb)
+    logit_scale = _require_scalar(logit_scale, "logit_scale", image_emb)
+    logit_bias = _require_scalar(logit_bias, "logit_bias", image_emb)
+    logits = logit_scale.exp() * _normalize(image_emb) @ _normalize(text_emb).T + logit_bias  # (N, N)
+    n = len(logits)
+    z = 2 * torch.eye(n, dtype=logits.dtype, device=logits.device) - 1              # +1 diagonal, -1 elsewhere
+    return -torch.nn.functional.logsigmoid(z * logits).sum() / n
+
+
+# Chapter 9's CTC loss lives next to its decoders in mmlearn.alignment; it is a loss, so it is here too.
+from mmlearn.alignment import ctc_loss  # noqa: E402,F401

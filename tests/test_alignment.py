@@ -198,3 +198,73 @@ def test_dtw_with_forbidden_cells_and_no_path():
     cost[0, 1] = cost[1, 0] = math.inf
     total, path = dtw(cost)
     assert total == 3.0 and path == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_masked_mean_equals_loop_on_random_shapes(device):
+    from mmlearn.alignment import masked_mean
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        B, T, d = (int(v) for v in torch.randint(1, 9, (3,), generator=g))
+        h = torch.randn(B, T, d, generator=g, dtype=torch.float64).to(device)
+        lengths = torch.randint(1, T + 1, (B,), generator=g).to(device)
+        expected = torch.stack([h[b, :int(lengths[b])].mean(0) for b in range(B)])
+        torch.testing.assert_close(masked_mean(h, lengths), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lengths, match", [
+    (torch.tensor([0, 3]), "lengths must be"),
+    (torch.tensor([5, 3]), "lengths must be"),
+    (torch.tensor([2]), "lengths must be"),
+    (torch.tensor([2.0, 3.0]), "lengths must be"),
+])
+def test_masked_mean_bad_input(lengths, match):
+    from mmlearn.alignment import masked_mean
+
+    with pytest.raises(ValueError, match=match):
+        masked_mean(torch.randn(2, 4, 3), lengths)
+    with pytest.raises(ValueError, match=r"\(B, T, d\)"):
+        masked_mean(torch.randn(4, 3), torch.tensor([1, 2, 3, 4]))
+
+
+def test_speech_encoder_vector_does_not_depend_on_its_batch():
+    from mmlearn.alignment import SpeechEncoder
+
+    model = SpeechEncoder(n_mels=12, hidden=8, dim=5).double()
+    model.norm.running_mean.normal_()                   # non-trivial statistics, then eval mode
+    model.norm.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    lengths = torch.tensor([37, 9, 1, 20])
+    x = torch.randn(4, 37, 12, dtype=torch.float64)
+    for b, n in enumerate(lengths.tolist()):
+        x[b, n:] = 0.0                                   # padding as speech_features writes it
+    batch = model(x, lengths)
+    assert batch.shape == (4, 5)
+    alone = torch.cat([model(x[b:b + 1, :n], lengths[b:b + 1]) for b, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(batch, alone, rtol=1e-10, atol=1e-10)
+    garbage = x.clone()
+    garbage[1, 9:] = 1e3                                 # whatever is in the padding, it is never read
+    torch.testing.assert_close(model(garbage, lengths), batch, rtol=1e-10, atol=1e-10)
+    assert SpeechEncoder.output_lengths(torch.tensor([37, 9, 1, 4, 5])).tolist() == [10, 3, 1, 1, 2]
+
+
+def test_speech_encoder_works_as_clip_text_side_and_bad_input():
+    from mmlearn.alignment import SpeechEncoder
+    from mmlearn.features import CNNEncoder
+    from mmlearn.models import CLIP
+
+    model = CLIP(CNNEncoder(dim=8, width=4), SpeechEncoder(n_mels=10, hidden=6, dim=7), embed_dim=4)
+    loss = model.loss(torch.rand(3, 3, 32, 32), torch.randn(3, 15, 10), torch.tensor([15, 4, 8]))
+    loss.backward()
+    assert math.isfinite(loss.item()) and model.text_encoder.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\(B, T, 10\)"):
+        model.text_encoder(torch.randn(2, 15, 40), torch.tensor([15, 4]))
+    with pytest.raises(ValueError, match="hidden"):
+        SpeechEncoder(hidden=0)
+
+
+def test_ctc_loss_is_reexported_from_losses():
+    import mmlearn.alignment
+    import mmlearn.losses
+
+    assert mmlearn.losses.ctc_loss is mmlearn.alignment.ctc_loss

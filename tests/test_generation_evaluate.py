@@ -95,3 +95,4 @@ def test_bad_inputs():
         judge.recognition(torch.zeros(1, 3, 32, 32), ["a red thing"])
     with pytest.raises(ValueError, match="image_size"):
         SceneJudge(8)
+
