@@ -174,3 +174,97 @@ def test_bad_input() -> None:
         gaussian_blur(img, 0.0)
     with pytest.raises(ValueError, match="smaller than the image side"):
         gaussian_blur(img, 5.0)
+
+
+# ---- sRGB transfer function, luminance, antialiased resizing ---------------------------------------
+
+from mmlearn.preprocess.image import (  # noqa: E402
+    BT709,
+    interpolation_kernel,
+    linear_to_srgb,
+    luminance,
+    resample_matrix,
+    resize_antialias,
+    srgb_to_linear,
+)
+
+
+def _iec_decode(v: float) -> float:
+    """IEC 61966-2-1, written out in plain Python floats."""
+    return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+
+def _iec_encode(x: float) -> float:
+    return 12.92 * x if x <= 0.0031308 else 1.055 * x ** (1 / 2.4) - 0.055
+
+
+def test_srgb_matches_iec_formula_and_round_trips(device: torch.device) -> None:
+    v = torch.cat([torch.rand(500, dtype=torch.float64), torch.tensor([0.0, 0.04045, 0.0031308, 1.0],
+                                                                       dtype=torch.float64)]).to(device)
+    torch.testing.assert_close(srgb_to_linear(v).cpu(), torch.tensor([_iec_decode(x) for x in v.tolist()],
+                                                                     dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(linear_to_srgb(v).cpu(), torch.tensor([_iec_encode(x) for x in v.tolist()],
+                                                                     dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    # the standard's constants are rounded, so its two pieces meet only to ~1e-8 at the break point
+    gap = abs(0.04045 / 12.92 - ((0.04045 + 0.055) / 1.055) ** 2.4)
+    assert 1e-10 < gap < 1e-7
+    torch.testing.assert_close(linear_to_srgb(srgb_to_linear(v)), v, rtol=0, atol=1e-7)
+    torch.testing.assert_close(srgb_to_linear(linear_to_srgb(v)), v, rtol=0, atol=1e-7)
+    inner = (v - 0.04045).abs() > 1e-3
+    torch.testing.assert_close(linear_to_srgb(srgb_to_linear(v[inner])), v[inner], rtol=0, atol=1e-12)
+    torch.testing.assert_close(srgb_to_linear(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 1.0]))
+
+
+def test_srgb_8bit_round_trip_and_monotone() -> None:
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    lin = srgb_to_linear(levels)
+    assert (lin.diff() > 0).all()
+    assert torch.equal((linear_to_srgb(lin) * 255).round(), torch.arange(256, dtype=torch.float64))
+
+
+def test_luminance_is_bt709_of_linear(device: torch.device) -> None:
+    img = torch.rand(2, 3, 5, 4, dtype=torch.float64, device=device)
+    ref = sum(w * srgb_to_linear(img[:, c:c + 1]) for c, w in enumerate(BT709))
+    torch.testing.assert_close(luminance(img), ref)
+    torch.testing.assert_close(luminance(torch.ones(3, 2, 2)), torch.ones(1, 2, 2))
+
+
+@pytest.mark.parametrize("size", [(9, 13), (20, 31), (37, 53), (50, 80), (12, 7), (1, 1)])
+@pytest.mark.parametrize("kernel,mode", [("tent", "bilinear"), ("cubic", "bicubic")])
+def test_resize_antialias_matches_torch(size: tuple[int, int], kernel: str, mode: str, device: torch.device) -> None:
+    x = torch.rand(2, 3, 37, 53, dtype=torch.float64, device=device)
+    ref = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+    torch.testing.assert_close(resize_antialias(x, size, kernel), ref)
+
+
+def test_resize_antialias_box_is_area_average(device: torch.device) -> None:
+    x = torch.rand(3, 40, 60, dtype=torch.float64, device=device)
+    torch.testing.assert_close(resize_antialias(x, (10, 15), "box"), F.avg_pool2d(x[None], 4)[0])
+    torch.testing.assert_close(resize_antialias(x, (40, 60), "tent"), x)  # same size: identity
+
+
+def test_kernels_partition_of_unity_and_rows_sum_to_one() -> None:
+    x = torch.linspace(-0.5, 0.5, 41, dtype=torch.float64)
+    for name in ("box", "tent", "cubic"):
+        total = sum(interpolation_kernel(name, x + k) for k in range(-3, 4))   # Σ_k k(x + k) = 1
+        torch.testing.assert_close(total, torch.ones_like(x))
+        torch.testing.assert_close(resample_matrix(17, 5, name).sum(1), torch.ones(5, dtype=torch.float64))
+
+
+def test_light_and_kernel_bad_input() -> None:
+    with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
+        srgb_to_linear(torch.tensor([1.5]))
+    with pytest.raises(ValueError, match="values in \\[0, 1\\]"):
+        linear_to_srgb(torch.tensor([-0.1]))
+    with pytest.raises(ValueError, match="floating-point"):
+        srgb_to_linear(torch.tensor([1]))
+    with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
+        luminance(torch.rand(1, 4, 4))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        resize_antialias(torch.rand(3, 8, 8), 4, "lanczos")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        interpolation_kernel("sinc", torch.zeros(3))
+    with pytest.raises(ValueError, match="size must be"):
+        resize_antialias(torch.rand(3, 8, 8), (0, 4))
+    with pytest.raises(ValueError, match="n_in and n_out"):
+        resample_matrix(0, 3)

@@ -207,3 +207,89 @@ def test_bad_input_raises_value_error(bpe):
         remove_stopwords(["a"], "french")
     with pytest.raises(ValueError, match="merge must be a pair"):
         BPETokenizer([(4, 999)])
+
+
+# ---- maximum matching and WordPiece -------------------------------------------------------------
+
+from mmlearn.preprocess.text import WordPieceTokenizer, max_match  # noqa: E402
+
+_DICT = {"研究", "研究生", "生命", "起源", "多模态", "模型", "大模型", "模态"}
+
+
+def _fmm_reference(text: str, words: set[str]) -> list[str]:
+    """Forward maximum matching by trying every end position, longest first (no length cap)."""
+    out, p = [], 0
+    while p < len(text):
+        end = max((e for e in range(p + 2, len(text) + 1) if text[p:e] in words), default=p + 1)
+        out.append(text[p:end])
+        p = end
+    return out
+
+
+def test_max_match_known_cases() -> None:
+    assert max_match("研究生命起源", _DICT) == ["研究生", "命", "起源"]          # forward: greedy mistake
+    assert max_match("研究生命起源", _DICT, reverse=True) == ["研究", "生命", "起源"]
+    assert max_match("多模态大模型", _DICT) == ["多模态", "大模型"]
+    assert max_match("", _DICT) == []
+
+
+@given(st.lists(st.sampled_from(list("研究生命起源多模态大型")), max_size=12))
+def test_max_match_matches_reference_and_covers_text(chars: list[str]) -> None:
+    text = "".join(chars)
+    fwd, bwd = max_match(text, _DICT), max_match(text, _DICT, reverse=True)
+    assert fwd == _fmm_reference(text, _DICT)
+    assert bwd == [w[::-1] for w in reversed(_fmm_reference(text[::-1], {w[::-1] for w in _DICT}))]
+    assert "".join(fwd) == "".join(bwd) == text
+    assert all(w in _DICT or len(w) == 1 for w in fwd + bwd)
+
+
+def test_wordpiece_greedy_longest_match_first() -> None:
+    wp = WordPieceTokenizer()
+    for piece in ["un", "##aff", "##able", "##a", "##f", "a", "u", "##n", "##b", "##l", "##e"]:
+        wp.vocab.stoi[piece] = len(wp.vocab.itos)
+        wp.vocab.itos.append(piece)
+    assert wp.tokenize_word("unaffable") == ["un", "##aff", "##able"]          # BERT's example
+    assert wp.tokenize_word("unable") == ["un", "##able"]
+    assert wp.tokenize_word("xun") == ["<unk>"]                                 # no piece starts with x
+    assert wp.decode(wp.encode("unaffable unable")) == "unaffable unable"
+
+
+def test_wordpiece_train_uses_likelihood_score() -> None:
+    # "ab" occurs 3 times but a and b are frequent elsewhere; "##x ##y" occurs twice, never apart
+    texts = ["ab ab ab aaaa bbbb axy axy"]
+    wp = WordPieceTokenizer().train(texts, vocab_size=len(SPECIALS_N) + 7 + 1)
+    assert wp.merges[0] == ("##x", "##y")
+    counts = _pair_counts_pieces(texts)
+    assert max(counts, key=counts.get) == ("a", "##b")                         # BPE's choice: the most frequent
+
+
+SPECIALS_N = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def _pair_counts_pieces(texts: list[str]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for w in " ".join(texts).split():
+        pieces = [w[0]] + ["##" + c for c in w[1:]]
+        for pair in zip(pieces, pieces[1:]):
+            counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def test_wordpiece_round_trips_training_words() -> None:
+    wp = WordPieceTokenizer().train(CORPUS, vocab_size=120)
+    for text in CORPUS[:3]:
+        words = WordTokenizer().tokenize(text)
+        assert wp.decode(wp.encode(text)) == " ".join(words)
+        assert UNK_ID not in wp.encode(text)
+    assert len(wp) == 120
+
+
+def test_segmentation_bad_input() -> None:
+    with pytest.raises(ValueError, match="text must be a str"):
+        max_match(["研究"], _DICT)
+    with pytest.raises(ValueError, match="dictionary must be a collection"):
+        max_match("研究", "研究")
+    with pytest.raises(ValueError, match="vocab_size must be an int"):
+        WordPieceTokenizer().train(CORPUS, vocab_size=5)
+    with pytest.raises(ValueError, match="texts must be an iterable"):
+        WordPieceTokenizer().train("a text", vocab_size=100)

@@ -1,11 +1,19 @@
-"""Checks for the exercises of notebooks/02_preprocessing_image.ipynb."""
+"""Checks for the exercises of notebooks/02_preprocessing_image.ipynb and 02_preprocessing_image_light.ipynb."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from mmlearn.checks import CheckFailed, expect_close, expect_number, expect_value_error, fresh_generator, register
+from mmlearn.checks import (
+    CheckFailed,
+    call_student,
+    expect_close,
+    expect_number,
+    expect_value_error,
+    fresh_generator,
+    register,
+)
 
 
 @register("ex-ch02-image-channel-stats", hint="Reduce over dims (0, 2, 3); the population std uses correction=0 "
@@ -97,3 +105,57 @@ def _check_flip_caption(hflip_caption) -> None:
         got = hflip_caption(caption)
         if got != expected:
             raise CheckFailed(f"for {caption!r} expected {expected!r}, got {got!r}")
+
+
+# ---- notebooks/02_preprocessing_image_light.ipynb ------------------------------------------------
+
+def _srgb_encode_reference(lin: torch.Tensor) -> torch.Tensor:
+    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+
+
+@register("ex-ch02-image2-encode", hint="V = 12.92 L for L <= 0.0031308, else 1.055 L^(1/2.4) - 0.055; "
+                                       "select the branch with torch.where.")
+def _check_srgb_encode(srgb_encode) -> None:
+    gen = fresh_generator()
+    cases = [torch.tensor([0.0, 0.0031308, 0.0031309, 0.5, 1.0], dtype=torch.float64)]
+    cases += [torch.rand(*(int(v) for v in torch.randint(1, 6, (k,), generator=gen)), generator=gen,
+                         dtype=torch.float64) ** 3 for k in (1, 2, 3)]
+    for case, lin in enumerate(cases):
+        got = call_student(srgb_encode, lin, what=f"case {case}")
+        expect_close(got, _srgb_encode_reference(lin), what=f"case {case}: encode of shape {tuple(lin.shape)}",
+                     atol=1e-9, rtol=1e-9)
+    expect_value_error(srgb_encode, torch.tensor([0.5, 1.5]), what="an input with a value 1.5")
+    expect_value_error(srgb_encode, torch.tensor([-0.1]), what="an input with a value -0.1")
+
+
+@register("ex-ch02-image2-fold", hint="Divide each input channel's weights by std[c]; the bias loses "
+                                     "sum over (c, u, v) of W[o, c, u, v] · mean[c] / std[c].")
+def _check_fold(fold) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        o, c, k = (int(v) for v in torch.randint(1, 5, (3,), generator=gen))
+        w = torch.randn(o, c, k, k, generator=gen, dtype=torch.float64)
+        b = torch.randn(o, generator=gen, dtype=torch.float64)
+        mean = torch.rand(c, generator=gen, dtype=torch.float64)
+        std = torch.rand(c, generator=gen, dtype=torch.float64) + 0.1
+        x = torch.rand(2, c, k + 4, k + 5, generator=gen, dtype=torch.float64)
+        got = call_student(fold, w, b, mean, std, what=f"case {case}")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise CheckFailed(f"case {case}: expected a pair (weight, bias), got {type(got).__name__}")
+        expected = F.conv2d((x - mean[:, None, None]) / std[:, None, None], w, b)
+        expect_close(F.conv2d(x, got[0], got[1]), expected, what=f"case {case}: conv with the folded weights "
+                     f"(O={o}, C={c}, k={k})", atol=1e-9)
+
+
+@register("ex-ch02-image2-worst-fill", hint="Evaluate linear_to_srgb(p) - p on a fine grid of p in [0, 1] "
+                                           "and take the p of the largest value.")
+def _check_worst_fill(answer) -> None:
+    p = torch.linspace(0, 1, 100001, dtype=torch.float64)
+    lin = torch.where(p <= 0.0031308, 12.92 * p, 1.055 * p.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+    expect_number(answer, p[(lin - p).argmax()].item(), what="the fill fraction p* of the largest error",
+                  tol=0.01)
+
+
+@register("ex-ch02-image2-alias", hint="In new pixels the frequency is g = r·f; it folds to |g - round(g)|.")
+def _check_alias(answer) -> None:
+    expect_number(answer, abs(3 * 0.35 - 1), what="the alias frequency (cycles per new pixel)", tol=1e-6)

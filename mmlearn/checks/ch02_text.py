@@ -1,4 +1,4 @@
-"""Checks for the exercises of notebooks/02_preprocessing_text.ipynb."""
+"""Checks for the exercises of notebooks/02_preprocessing_text.ipynb and 02_preprocessing_text_subwords.ipynb."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import string
 
 import torch
 
-from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+from mmlearn.checks import (
+    CheckFailed,
+    call_student,
+    expect_close,
+    expect_equal,
+    expect_number,
+    fresh_generator,
+    register,
+)
 from mmlearn.preprocess.text import BPETokenizer, Vocab, WordTokenizer, pad_sequences, remove_stopwords
 
 
@@ -133,3 +141,53 @@ def _check_stopwords(stopwords) -> None:
     for answer in sorted(set(batch.answers) | {"yes", "no"}):
         if not key(answer):
             raise CheckFailed(f"your list deletes the answer {answer!r}: a VQA model could never output it")
+
+
+# ---- notebooks/02_preprocessing_text_subwords.ipynb ----------------------------------------------
+
+@register("ex-ch02-text2-fmm", hint="At each position try the lengths from the longest dictionary word down "
+                                   "to 2; no match means one character.")
+def _check_fmm(fmm) -> None:
+    from mmlearn.preprocess.text import max_match
+
+    gen = fresh_generator()
+    alphabet = "研究生命起源多模态大型"
+    cases = [("研究生命起源", {"研究", "研究生", "生命", "起源"}), ("", {"a"}), ("abc", set())]
+    for _ in range(25):
+        words = {"".join(_choice(alphabet, gen) for _ in range(int(torch.randint(2, 5, (1,), generator=gen))))
+                 for _ in range(int(torch.randint(1, 8, (1,), generator=gen)))}
+        text = "".join(_choice(alphabet, gen) for _ in range(int(torch.randint(0, 15, (1,), generator=gen))))
+        cases.append((text, words))
+    for case, (text, words) in enumerate(cases):
+        got = call_student(fmm, text, set(words), what=f"case {case}")
+        expect_equal(got, max_match(text, words), what=f"case {case}: fmm({text!r}, {sorted(words)})")
+
+
+@register("ex-ch02-text2-heaps", hint="Words with n·p_k ≥ 1 have appeared; solve n·k^(-s) ≈ 1 for k.")
+def _check_heaps(answer) -> None:
+    expect_number(answer, 1 / 1.25, what="the Heaps exponent for s = 1.25", tol=1e-3)
+
+
+@register("ex-ch02-text2-oov", hint="Walk down Counter(train).most_common() and add each word's held-out "
+                                   "count until at most 5 % of the held-out words are uncovered.")
+def _check_oov(answer) -> None:
+    from collections import Counter
+    from pydoc_data.topics import topics
+
+    words = [t for t in WordTokenizer().tokenize("\n".join(topics[k] for k in sorted(topics))) if t.isalpha()]
+    cut = int(0.8 * len(words))
+    held, covered, expected = Counter(words[cut:]), 0, None
+    for k, (w, _) in enumerate(Counter(words[:cut]).most_common(), start=1):
+        covered += held.get(w, 0)
+        if 1 - covered / (len(words) - cut) <= 0.05:
+            expected = k
+            break
+    expect_number(answer, expected, what="the smallest vocabulary size K with OOV <= 5 %", tol=0)
+
+
+@register("ex-ch02-text2-nfd", hint="Count the letters, then add one combining mark for each accented letter.")
+def _check_nfd(answer) -> None:
+    import unicodedata
+
+    expect_number(answer, len(unicodedata.normalize("NFD", "Ångström")), what="code points of NFD('Ångström')",
+                  tol=0)

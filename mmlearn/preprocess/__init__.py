@@ -12,9 +12,10 @@ from typing import Any
 
 # name -> module that defines it (each chapter-2 module adds its public names to its own tuple)
 _IMAGE = ("normalize", "standardize", "channel_stats", "to_grayscale", "otsu_threshold", "binarize",
-          "resize_bilinear", "gaussian_kernel", "gaussian_blur")
+          "resize_bilinear", "gaussian_kernel", "gaussian_blur", "srgb_to_linear", "linear_to_srgb", "luminance",
+          "interpolation_kernel", "resample_matrix", "resize_antialias", "IMAGENET_MEAN", "IMAGENET_STD")
 _TEXT = ("WordTokenizer", "CharTokenizer", "BPETokenizer", "Vocab", "remove_stopwords", "pad_sequences",
-         "ENGLISH_STOPWORDS", "CHINESE_STOPWORDS")
+         "ENGLISH_STOPWORDS", "CHINESE_STOPWORDS", "WordPieceTokenizer", "max_match")
 _AUDIO = ("resample", "frame", "stft", "mel_filterbank", "log_mel_spectrogram", "mfcc", "dft_matrix", "dct_matrix",
           "hz_to_mel", "mel_to_hz")
 

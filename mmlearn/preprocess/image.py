@@ -1,4 +1,5 @@
-"""Image preprocessing (chapter 2): value scaling, grayscale, Otsu binarisation, bilinear resize, blur.
+"""Image preprocessing (chapter 2): value scaling, grayscale, Otsu binarisation, bilinear resize, blur;
+the sRGB transfer function and luminance; kernel-based (antialiased) resizing.
 
 Images are ``(C, H, W)`` or ``(N, C, H, W)`` floating-point tensors; every function returns a new
 tensor on the input's device with the input's dtype (binarisation: see :func:`binarize`).
@@ -158,3 +159,102 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)       # along W
     x = F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)       # along H
     return x[0] if img.ndim == 3 else x
+
+
+# ---- light: sRGB transfer function, luminance, the constants of pretrained encoders -------------
+
+BT709 = (0.2126, 0.7152, 0.0722)  # ITU-R BT.709 / sRGB weights of linear R, G, B (relative luminance)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel mean of ImageNet training images in [0, 1] (torchvision)
+IMAGENET_STD = (0.229, 0.224, 0.225)   # per-channel standard deviation, same images
+
+
+def _unit_range(x: object, name: str) -> torch.Tensor:
+    x = require_floating(require_tensor(x, name), name)
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{name} must hold values in [0, 1], got range [{x.min():.3g}, {x.max():.3g}]")
+    return x
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """Decode sRGB values V ∈ [0, 1] to linear light L (IEC 61966-2-1):
+
+        L = V / 12.92                      if V ≤ 0.04045
+        L = ((V + 0.055) / 1.055) ** 2.4   otherwise.
+    Elementwise, any shape.
+    """
+    v = _unit_range(x, "x")
+    return torch.where(v <= 0.04045, v / 12.92, ((v.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Encode linear light L ∈ [0, 1] as sRGB V (IEC 61966-2-1), the inverse of :func:`srgb_to_linear`:
+
+        V = 12.92 L                        if L ≤ 0.0031308
+        V = 1.055 L ** (1 / 2.4) - 0.055   otherwise.
+    """
+    lin = _unit_range(x, "x")
+    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def luminance(img: torch.Tensor) -> torch.Tensor:
+    """Relative luminance of an sRGB image:  Y = 0.2126 R + 0.7152 G + 0.0722 B  on *linear* R, G, B
+    (decoded by :func:`srgb_to_linear`);  (…, 3, H, W) -> (…, 1, H, W), in linear light."""
+    img = _image(img)
+    if img.shape[-3] != 3:
+        raise ValueError(f"img must have 3 (RGB) channels, got shape {tuple(img.shape)}")
+    w = torch.tensor(BT709, dtype=img.dtype, device=img.device)
+    return (srgb_to_linear(img) * w[:, None, None]).sum(-3, keepdim=True)
+
+
+# ---- the interpolation-kernel family and antialiased resizing ----------------------------------
+
+def _keys_cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1                 # |x| ≤ 1
+    far = ((x - 5) * x + 8) * x * a - 4 * a                    # 1 < |x| < 2
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+KERNELS = {  # name -> (k(x), support: k(x) = 0 for |x| ≥ support)
+    "box": (lambda x: ((x > -0.5) & (x <= 0.5)).to(x.dtype), 0.5),
+    "tent": (lambda x: (1 - x.abs()).clamp(min=0), 1.0),
+    "cubic": (_keys_cubic, 2.0),
+}
+
+
+def interpolation_kernel(name: str, x: torch.Tensor) -> torch.Tensor:
+    """k(x) of a reconstruction kernel: box 1[-1/2 < x ≤ 1/2], tent max(0, 1 - |x|), or Keys' cubic
+    (a = -1/2: (a+2)|x|³ - (a+3)|x|² + 1 for |x| ≤ 1, a|x|³ - 5a|x|² + 8a|x| - 4a for 1 < |x| < 2)."""
+    if name not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {name!r}")
+    return KERNELS[name][0](require_floating(require_tensor(x, "x"), "x"))
+
+
+def resample_matrix(n_in: int, n_out: int, kernel: str = "tent", *, dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """(n_out, n_in) weights of a separable resize: W_ji ∝ k((i + ½ - c_j) / s), rows normalised to 1,
+    with centre c_j = (j + ½) n_in / n_out and stretch s = max(n_in / n_out, 1) — the kernel widens by
+    the shrink factor, so it is also the low-pass (antialias) filter. Tent/cubic = PIL and
+    ``F.interpolate(..., antialias=True)``."""
+    if not all(isinstance(v, int) and v > 0 for v in (n_in, n_out)):
+        raise ValueError(f"n_in and n_out must be positive ints, got {n_in!r}, {n_out!r}")
+    k, _ = KERNELS.get(kernel, (None, None))
+    if k is None:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
+    scale = n_in / n_out
+    c = (torch.arange(n_out, dtype=dtype, device=device) + 0.5) * scale                  # (n_out,)
+    i = torch.arange(n_in, dtype=dtype, device=device) + 0.5                             # (n_in,)
+    w = k((i[None, :] - c[:, None]) / max(scale, 1.0))                                   # (n_out, n_in)
+    return w / w.sum(1, keepdim=True)
+
+
+def resize_antialias(img: torch.Tensor, size: int | Sequence[int], kernel: str = "tent") -> torch.Tensor:
+    """Separable resize of (C, H, W) or (N, C, H, W) with :func:`resample_matrix` along H and W:
+    out = W_H · img · W_Wᵀ. ``kernel="tent"`` equals ``F.interpolate(mode="bilinear", antialias=True)``."""
+    img = _image(img)
+    h_out, w_out = (size, size) if isinstance(size, int) else tuple(size)
+    if not all(isinstance(v, int) and v > 0 for v in (h_out, w_out)):
+        raise ValueError(f"size must be a positive int or a pair of positive ints, got {size!r}")
+    wh = resample_matrix(img.shape[-2], h_out, kernel, dtype=img.dtype, device=img.device)   # (H', H)
+    ww = resample_matrix(img.shape[-1], w_out, kernel, dtype=img.dtype, device=img.device)   # (W', W)
+    return torch.einsum("yh,...hw,xw->...yx", wh, img, ww)                                    # (…, C, H', W')

@@ -10,6 +10,9 @@ special ids, so the padding and masking code of later chapters works with any of
 - :class:`CharTokenizer` — one id per character seen in training; exact round-trip for those.
 - :class:`BPETokenizer` — byte-level byte-pair encoding: starts from the 256 byte values, so any
   Unicode text (Chinese included) round-trips exactly; ``train`` records its merges in order.
+- :class:`WordPieceTokenizer` — WordPiece: merges by the likelihood score c(ab) / (c(a) c(b)),
+  encodes greedily longest-match-first with "##" continuation pieces.
+- :func:`max_match` — forward / backward maximum-matching segmentation of text without spaces.
 """
 
 from __future__ import annotations
@@ -381,3 +384,137 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID, max_len: 
     lengths = torch.tensor([len(r) for r in rows], device=ids.device)                                # (N,)
     mask = torch.arange(L, device=ids.device)[None, :] < lengths[:, None]                             # (N, L)
     return ids, mask
+
+
+# ---- Chinese word segmentation: maximum matching ------------------------------------------------
+
+def max_match(text: str, dictionary: Iterable[str], *, reverse: bool = False) -> list[str]:
+    """Greedy dictionary segmentation (maximum matching) of a text without spaces.
+
+    Forward (``reverse=False``): at position p take the longest dictionary word w with
+    text[p : p + |w|] == w, else the single character text[p]; continue after it. Backward
+    (``reverse=True``) does the same from the end of the text. ``"".join(result) == text``.
+    """
+    text = _require_text(text)
+    if isinstance(dictionary, str) or not isinstance(dictionary, Iterable):
+        raise ValueError(f"dictionary must be a collection of words, got {type(dictionary).__name__}")
+    words = {w for w in dictionary if isinstance(w, str) and w}
+    longest = max((len(w) for w in words), default=1)
+    s = text[::-1] if reverse else text
+    vocab = {w[::-1] for w in words} if reverse else words
+    out, p = [], 0
+    while p < len(s):
+        n = next((n for n in range(min(longest, len(s) - p), 1, -1) if s[p:p + n] in vocab), 1)
+        out.append(s[p:p + n])
+        p += n
+    return [w[::-1] for w in reversed(out)] if reverse else out
+
+
+# ---- WordPiece ----------------------------------------------------------------------------------
+
+def _wordpiece_split(word: str) -> tuple[str, ...]:
+    return (word[0], *("##" + c for c in word[1:]))
+
+
+def _join_pieces(a: str, b: str) -> str:
+    return a + b.removeprefix("##")
+
+
+class WordPieceTokenizer:
+    """WordPiece (Schuster & Nakajima, 2012; BERT): subword pieces, "##" marks a piece inside a word.
+
+    ``train`` starts from the characters (a word's first character plain, the others "##"-prefixed)
+    and merges, again and again, the adjacent pair with the highest **likelihood score**
+
+        score(a, b) = c(ab) / (c(a) c(b))        (c = counts in the corpus' current segmentation),
+
+    not the most frequent pair as BPE does. ``encode`` cuts each word **greedily, longest match
+    first**: the longest vocabulary piece that starts the word, then the longest "##" piece that
+    continues it, …; a word that cannot be covered becomes ``<unk>``. Words come from
+    :class:`WordTokenizer` (lower-cased, punctuation split off); ids 0–3 are the usual specials.
+    """
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self) -> None:
+        self.vocab = Vocab()
+        self.merges: list[tuple[str, str]] = []
+        self._words = WordTokenizer()
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def _best_pair(self, words: dict[tuple[str, ...], int]) -> tuple[str, str] | None:
+        pairs: Counter = Counter()
+        units: Counter = Counter()
+        for pieces, f in words.items():
+            for u in pieces:
+                units[u] += f
+            for pair in zip(pieces, pieces[1:]):
+                pairs[pair] += f
+        if not pairs:
+            return None
+        return max(pairs, key=lambda p: pairs[p] / (units[p[0]] * units[p[1]]))   # first seen wins ties
+
+    def train(self, texts: Iterable[str], vocab_size: int) -> WordPieceTokenizer:
+        """Learn pieces from ``texts`` until the vocabulary (specials + characters + merges) has
+        ``vocab_size`` entries or no pair is left; returns ``self``."""
+        texts = _require_texts(texts)
+        counts = Counter(w for t in texts for w in self._words.tokenize(t))
+        words = {_wordpiece_split(w): f for w, f in counts.items()}
+        alphabet = sorted({u for pieces in words for u in pieces})
+        if not isinstance(vocab_size, int) or vocab_size < len(SPECIALS) + len(alphabet):
+            raise ValueError(f"vocab_size must be an int >= {len(SPECIALS) + len(alphabet)} (specials + the "
+                             f"{len(alphabet)} initial pieces), got {vocab_size!r}")
+        self.vocab, self.merges = Vocab(alphabet), []
+        while len(self.vocab) < vocab_size and (pair := self._best_pair(words)) is not None:
+            new = _join_pieces(*pair)
+            self.merges.append(pair)
+            if new not in self.vocab:
+                self.vocab.stoi[new] = len(self.vocab.itos)
+                self.vocab.itos.append(new)
+            words = {self._merge(p, pair, new): f for p, f in words.items()}
+        return self
+
+    @staticmethod
+    def _merge(pieces: tuple[str, ...], pair: tuple[str, str], new: str) -> tuple[str, ...]:
+        out, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+                out.append(new)
+                i += 2
+            else:
+                out.append(pieces[i])
+                i += 1
+        return tuple(out)
+
+    def tokenize_word(self, word: str) -> list[str]:
+        """Greedy longest-match-first pieces of one word, or ``["<unk>"]`` if it cannot be covered."""
+        pieces, start = [], 0
+        while start < len(word):
+            prefix = "##" if start else ""
+            end = next((e for e in range(len(word), start, -1) if prefix + word[start:e] in self.vocab), None)
+            if end is None:
+                return [SPECIALS[UNK_ID]]
+            pieces.append(prefix + word[start:end])
+            start = end
+        return pieces
+
+    def tokenize(self, text: str) -> list[str]:
+        return [p for w in self._words.tokenize(_require_text(text)) for p in self.tokenize_word(w)]
+
+    def encode(self, text: str, *, add_special: bool = False) -> list[int]:
+        ids = self.vocab.encode(self.tokenize(text))
+        return [BOS_ID, *ids, EOS_ID] if add_special else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> words: a "##" piece is glued to the previous one; specials dropped."""
+        words: list[str] = []
+        for t in self.vocab.decode(_require_ids(ids)):
+            if t in SPECIALS[:1] + SPECIALS[2:]:
+                continue
+            if t.startswith("##") and words:
+                words[-1] += t[2:]
+            else:
+                words.append(t)
+        return " ".join(words)
