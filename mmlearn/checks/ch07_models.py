@@ -135,3 +135,108 @@ def _check_prefix_mask(prefix_lm_mask) -> None:
                                        "maps each patch token (not the [CLS] token) to one LM token.")
 def _check_llava_tokens(answer) -> None:
     expect_number(answer, (336 // 14) ** 2, what="image tokens LLaVA-1.5 adds to the prompt", tol=0.5)
+
+
+# ---- 07_multimodal_transformers_siglip ---------------------------------------------------------
+
+@register("ex-ch07-siglip-loss", hint="Normalise the rows, logits = exp(logit_scale) * x @ y.T + logit_bias, labels "
+                                      "+1 on the diagonal and -1 elsewhere; -logsigmoid(labels * logits).sum() / N.")
+def _check_siglip_loss(siglip_loss) -> None:
+    from mmlearn.losses import siglip_loss as reference
+
+    gen = fresh_generator()
+    for case in range(5):
+        n, d = _randint(gen, 1, 9), _randint(gen, 2, 8)
+        img, txt = 3 * torch.randn(n, d, generator=gen, dtype=F64), torch.randn(n, d, generator=gen, dtype=F64)
+        s = float(torch.empty(1, dtype=F64).uniform_(0.0, 4.6, generator=gen))
+        b = float(torch.empty(1, dtype=F64).uniform_(-12.0, 2.0, generator=gen))
+        if case == 4:
+            s, b = math.log(1000.0), 0.0                                           # logits of +-1000
+        got = call_student(siglip_loss, img.clone(), txt.clone(), torch.tensor(s, dtype=F64),
+                           torch.tensor(b, dtype=F64), what=f"case {case}")
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and not torch.isfinite(got).all():
+            raise CheckFailed(f"case {case} (logits up to ±{math.exp(s):.0f}): the loss is not finite; "
+                              "log(sigmoid(u)) underflows — use a stable log-sigmoid")
+        want = reference(img, txt, torch.tensor(s, dtype=F64), torch.tensor(b, dtype=F64))
+        expect_close(got, want, what=f"case {case}: N = {n}, d = {d}, s = {s:.2f}, b = {b:.2f}",
+                     atol=1e-8, rtol=1e-8)
+
+
+@register("ex-ch07-siglip-bias", hint="With every logit equal to b, set the derivative of -log σ(b) - (N-1) log σ(-b) "
+                                      "to zero: σ(b) = 1/N.")
+def _check_siglip_bias(answer) -> None:
+    expect_number(answer, -math.log(32767), what="the best starting bias for N = 32768", tol=0.01)
+
+
+@register("ex-ch07-siglip-floor", hint="For each caption count m (collections.Counter) add m log m - (m-1) log(m-1), "
+                                       "with 0 log 0 = 0, and divide by the batch size.")
+def _check_siglip_floor(floor_sigmoid) -> None:
+    gen = fresh_generator()
+    words = ["a red circle", "a blue square", "a small green triangle", "a large yellow circle"]
+    cases = [["x"] * 5, ["a", "b", "c"]]
+    for _ in range(3):
+        n = _randint(gen, 1, 12)
+        cases.append([words[_randint(gen, 0, len(words) - 1)] for _ in range(n)])
+    for case, caps in enumerate(cases):
+        counts = Counter(caps)
+        want = sum(counts[c] * math.log(counts[c]) - (counts[c] - 1) * math.log(max(counts[c] - 1, 1))
+                   for c in caps) / len(caps)
+        got = call_student(floor_sigmoid, list(caps), what=f"case {case}")
+        expect_number(got, want, what=f"case {case}: the floor for a batch of {len(caps)} captions "
+                                      f"with counts {sorted(counts.values(), reverse=True)}", tol=1e-9)
+
+
+# ---- 07_multimodal_transformers_resamplers -----------------------------------------------------
+
+@register("ex-ch07-pope-metrics", hint="Count true positives (said yes, is yes), the yes answers and the actual yeses; "
+                                       "precision = tp / yes answers, recall = tp / actual yeses.")
+def _check_pope_metrics(pope_metrics) -> None:
+    gen = fresh_generator()
+    cases = [(["yes"] * 4, ["yes", "no", "yes", "no"]), (["no"] * 4, ["yes", "no", "yes", "no"])]
+    for _ in range(3):
+        n = _randint(gen, 2, 12)
+        flips = (torch.rand(2, n, generator=gen) < 0.5).tolist()
+        cases.append(tuple(["yes" if v else "no" for v in row] for row in flips))
+    for case, (pred, truth) in enumerate(cases):
+        tp = sum(p == "yes" and t == "yes" for p, t in zip(pred, truth))
+        said, real = pred.count("yes"), truth.count("yes")
+        prec, rec = (tp / said if said else 0.0), (tp / real if real else 0.0)
+        want = {"accuracy": sum(p == t for p, t in zip(pred, truth)) / len(truth), "precision": prec, "recall": rec,
+                "F1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "yes-rate": said / len(pred)}
+        got = call_student(pope_metrics, list(pred), list(truth), what=f"case {case}")
+        if not isinstance(got, dict):
+            raise CheckFailed(f"case {case}: expected a dict with keys {sorted(want)}, got {type(got).__name__}")
+        for key, value in want.items():
+            if key not in got:
+                raise CheckFailed(f"case {case}: the dict has no key {key!r}")
+            expect_number(got[key], value, what=f"case {case} ({len(pred)} answers): {key}", tol=1e-9)
+
+
+@register("ex-ch07-pope-always-yes", hint="Balanced: n positives, n negatives. All yes: recall 1, precision 1/2; "
+                                          "F1 is their harmonic mean.")
+def _check_pope_always_yes(answer) -> None:
+    expect_number(answer, 2 / 3, what="F1 of the always-yes model on a balanced set", tol=1e-3)
+
+
+@register("ex-ch07-resampler-cost", hint="Full attention over S tokens has S² scores: S = 576 + 100 for LLaVA-1.5, "
+                                         "64 + 100 with the resampler.")
+def _check_resampler_cost(answer) -> None:
+    expect_number(answer, (576 + 100) ** 2 / (64 + 100) ** 2, what="ratio of attention scores", tol=0.01)
+
+
+@register("ex-ch07-probe-heldout", hint="nn.Linear(x.shape[1], num_classes); Adam on F.cross_entropy(probe(x), y) "
+                                        "for `steps` full-batch steps; return the layer.")
+def _check_linear_probe(fit_linear_probe) -> None:
+    gen = fresh_generator()
+    centres = 3 * torch.randn(4, 6, generator=gen)
+    y = torch.randint(0, 4, (400,), generator=gen)
+    x = centres[y] + torch.randn(400, 6, generator=gen)
+    torch.manual_seed(0)
+    probe = call_student(fit_linear_probe, x[:300], y[:300], 4, what="fit_linear_probe(x, y, 4)")
+    if not isinstance(probe, torch.nn.Module):
+        raise CheckFailed(f"expected the trained nn.Linear, got {type(probe).__name__}")
+    with torch.no_grad():
+        acc = (probe(x[300:]).argmax(-1) == y[300:]).float().mean().item()
+    if acc < 0.9:
+        raise CheckFailed(f"on four well-separated Gaussian classes the probe reaches only {acc:.2f} on held-out "
+                          "points (expected > 0.9): is it trained, on the cross-entropy, for enough steps?")
