@@ -12,6 +12,13 @@ Measures, in one run on one machine (so the numbers are comparable):
     measured with `mmlearn.attention.measure_peak_memory` — on the CPU, `torch.profiler(profile_memory=True)`
     records every allocation/free of PyTorch's allocator with its running total and the peak of that total is
     taken; on CUDA, `torch.cuda.max_memory_allocated`.
+  * training-time peak memory (forward + backward, inputs requiring gradients) vs L up to 2048, shape
+    (1, 1, L, 64): naive (autograd through `scaled_dot_product_attention`) vs tiled (`flash_attention`, whose
+    backward recomputes P tile by tile from the saved row log-sum-exp) vs `F.scaled_dot_product_attention`.
+  * a training step (forward, backward, AdamW step) of the book's ViT and CLIP (`mmlearn.models`) at two sizes,
+    with the attention weights computed by the book's own attention (`need_weights=True`) vs the fused fast
+    path of `MultiHeadAttention` (`need_weights=False`, i.e. `F.scaled_dot_product_attention`); alternated,
+    minimum over the repeats, one run.
   * cross-check at L = 4096 (Linux CPU only, unless --no-rss): the growth of the process's peak resident set
     size (VmHWM, reset just before the call through /proc/self/clear_refs) during one call, each method in a
     fresh Python process — an operating-system measurement that does not rely on PyTorch's bookkeeping.
@@ -39,9 +46,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from mmlearn.attention import flash_attention, measure_peak_memory, scaled_dot_product_attention  # noqa: E402
 from mmlearn.device import get_device, seed_everything  # noqa: E402
+from mmlearn.models import CLIP, TextTransformer, VisionTransformer  # noqa: E402
 
 TIME_LENGTHS = (128, 256, 512, 1024)
 MEMORY_LENGTHS = (256, 512, 1024, 2048, 4096)
+TRAIN_MEMORY_LENGTHS = (256, 512, 1024, 2048)
 BLOCK = 128
 
 
@@ -77,6 +86,79 @@ def bench_memory(device: torch.device, d: int = 64) -> list[dict]:
             fused = measure_peak_memory(F.scaled_dot_product_attention, q, k, v)[1]
             rows.append({"L": L, "naive_bytes": naive, "tiled_bytes": tiled, "torch_bytes": fused,
                          "naive_over_tiled": naive / tiled, "naive_over_one_LxL_matrix": naive / (L * L * 4)})
+    return rows
+
+
+def _forward_backward(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> None:
+    fn(q, k, v).backward(g)
+
+
+def bench_train_memory(device: torch.device, d: int = 64) -> list[dict]:
+    """Peak memory of forward + backward (what training needs), each method on fresh leaves."""
+    methods = {"naive": lambda q, k, v: scaled_dot_product_attention(q, k, v)[0],
+               "tiled": lambda q, k, v: flash_attention(q, k, v, block_size=BLOCK),
+               "torch": F.scaled_dot_product_attention}
+    rows = []
+    for L in TRAIN_MEMORY_LENGTHS:
+        row = {"L": L}
+        for name, fn in methods.items():
+            q, k, v = (torch.randn(1, 1, L, d, device=device, requires_grad=True) for _ in range(3))
+            g = torch.randn(1, 1, L, d, device=device)
+            row[f"{name}_bytes"] = measure_peak_memory(_forward_backward, fn, q, k, v, g, device=device)[1]
+        row["naive_over_tiled"] = row["naive_bytes"] / row["tiled_bytes"]
+        rows.append(row)
+    return rows
+
+
+TRAIN_CONFIGS = {  # the book's CLIP (chapter 7) and a ViT with 4x more tokens
+    "clip_book": dict(batch=64, image_size=32, patch_size=4, dim=64, depth=2, heads=4, text_len=8, vocab=64),
+    "vit_257_tokens": dict(batch=32, image_size=32, patch_size=2, dim=64, depth=2, heads=4),
+}
+
+
+def _train_step_fn(name: str, cfg: dict, device: torch.device):
+    """A model, its AdamW optimiser and a closure running one training step on fixed random data."""
+    vit = VisionTransformer(cfg["image_size"], cfg["patch_size"], dim=cfg["dim"], depth=cfg["depth"],
+                            num_heads=cfg["heads"], num_classes=None if "text_len" in cfg else 10)
+    images = torch.randn(cfg["batch"], 3, cfg["image_size"], cfg["image_size"], device=device)
+    if "text_len" in cfg:
+        text = TextTransformer(cfg["vocab"], cfg["dim"], depth=1, num_heads=cfg["heads"], max_len=cfg["text_len"])
+        model = CLIP(vit, text, embed_dim=32).to(device)
+        ids = torch.randint(1, cfg["vocab"], (cfg["batch"], cfg["text_len"]), device=device)
+        loss_fn = lambda: model.loss(images, ids)  # noqa: E731
+    else:
+        model = vit.to(device)
+        labels = torch.randint(0, 10, (cfg["batch"],), device=device)
+        loss_fn = lambda: F.cross_entropy(model(images), labels)  # noqa: E731
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+    return model, step
+
+
+def bench_train_step(device: torch.device, repeat: int = 7) -> list[dict]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for name, cfg in TRAIN_CONFIGS.items():
+        seed_everything(0)
+        model, step = _train_step_fn(name, cfg, device)
+        blocks = [m for m in model.modules() if hasattr(m, "need_weights")]
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(repeat + 1):  # the first round is a warm-up
+            for need_weights in (True, False):
+                for b in blocks:
+                    b.need_weights = need_weights
+                sync()
+                start = time.perf_counter()
+                step()
+                sync()
+                if _ > 0:
+                    best[need_weights] = min(best[need_weights], time.perf_counter() - start)
+        rows.append({"config": name, **cfg, "book_attention_seconds": best[True], "fast_path_seconds": best[False],
+                     "speedup": best[True] / best[False]})
     return rows
 
 
@@ -137,10 +219,13 @@ def main() -> None:
     seed_everything(0)
     start = time.perf_counter()
     results = {"time": bench_time(device)}
+    method = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+              "torch.profiler(profile_memory=True): peak of the allocator's running total")
     results["memory"] = {"rows": bench_memory(device), "shape": "(1, 1, L, 64)", "dtype": "float32",
-                         "tiled_block_size": BLOCK, "forward_only": True,
-                         "method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                                    "torch.profiler(profile_memory=True): peak of the allocator's running total")}
+                         "tiled_block_size": BLOCK, "forward_only": True, "method": method}
+    results["train_memory"] = {"rows": bench_train_memory(device), "shape": "(1, 1, L, 64)", "dtype": "float32",
+                               "tiled_block_size": BLOCK, "forward_and_backward": True, "method": method}
+    results["train_step"] = bench_train_step(device)
     if device.type == "cpu" and not args.no_rss and os.access("/proc/self/clear_refs", os.W_OK):
         results["memory_rss_check"] = rss_check()
     results["meta"] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -157,6 +242,12 @@ def main() -> None:
         print(f"peak  L={row['L']:>5}: naive {row['naive_bytes'] / 2**20:8.2f} MiB, tiled "
               f"{row['tiled_bytes'] / 2**20:6.3f} MiB, torch {row['torch_bytes'] / 2**20:8.2f} MiB, "
               f"naive/tiled {row['naive_over_tiled']:.1f}x")
+    for row in results["train_memory"]["rows"]:
+        print(f"train peak L={row['L']:>5}: naive {row['naive_bytes'] / 2**20:8.2f} MiB, tiled "
+              f"{row['tiled_bytes'] / 2**20:6.3f} MiB, torch {row['torch_bytes'] / 2**20:8.2f} MiB")
+    for row in results["train_step"]:
+        print(f"train step {row['config']:>15}: book attention {1e3 * row['book_attention_seconds']:7.1f} ms, "
+              f"fast path {1e3 * row['fast_path_seconds']:7.1f} ms, speed-up {row['speedup']:.2f}x")
     if "memory_rss_check" in results:
         rss = results["memory_rss_check"]
         print(f"RSS   L={rss['L']:>5}: naive +{rss['naive_kib'] / 1024:.1f} MiB, tiled +{rss['tiled_kib'] / 1024:.1f} "

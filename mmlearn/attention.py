@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from mmlearn._validate import (
     require_floating,
@@ -191,20 +192,29 @@ def online_softmax(x: torch.Tensor, block_size: int = 1) -> torch.Tensor:
     return _safe_divide(torch.exp(x - _finite_or_zero(m)), ell)
 
 
+def _causal_fill(s: torch.Tensor, row0: int, col0: int, causal: bool) -> torch.Tensor:
+    """In a score tile whose corner is (query row0, key col0), set keys after their query to -inf (if causal)."""
+    if not causal:
+        return s
+    rows = torch.arange(row0, row0 + s.shape[-2], device=s.device)[:, None]
+    cols = torch.arange(col0, col0 + s.shape[-1], device=s.device)[None, :]
+    return s.masked_fill(cols > rows, float("-inf"))
+
+
 def _flash_query_block(q_i: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row0: int, block_size: int,
-                       causal: bool, batch: torch.Size) -> torch.Tensor:
-    """One block of queries q_i (already scaled by 1/sqrt(d)) against every key block, in one pass."""
+                       causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of queries q_i (already scaled by 1/sqrt(d)) against every key block, in one pass.
+
+    Returns ``(out_i (..., Bq, d_v), lse_i (..., Bq, 1))``, lse = m + log(ell) = log sum_j exp(s_j), the row
+    log-sum-exp that the backward pass needs (+inf for a row with nothing to attend to, so that exp(s - lse) = 0).
+    """
     n_rows, S = q_i.shape[-2], k.shape[-2]
-    m = q_i.new_full((*batch, n_rows, 1), float("-inf"))  # running row max
-    ell = q_i.new_zeros((*batch, n_rows, 1))  # running softmax denominator
-    acc = q_i.new_zeros((*batch, n_rows, v.shape[-1]))  # running numerator: sum_j exp(s_j - m) v_j
-    rows = torch.arange(row0, row0 + n_rows, device=q_i.device)[:, None]
+    m = q_i.new_full((*q_i.shape[:-1], 1), float("-inf"))  # running row max
+    ell = torch.zeros_like(m)  # running softmax denominator
+    acc = q_i.new_zeros((*q_i.shape[:-1], v.shape[-1]))  # running numerator: sum_j exp(s_j - m) v_j
     stop = min(S, row0 + n_rows) if causal else S  # causal: later key blocks are entirely masked
     for col0 in range(0, stop, block_size):
-        s = q_i @ k[..., col0:col0 + block_size, :].transpose(-2, -1)  # (..., Bq, Bk): the only scores held
-        if causal:
-            cols = torch.arange(col0, col0 + s.shape[-1], device=q_i.device)[None, :]
-            s = s.masked_fill(cols > rows, float("-inf"))
+        s = _causal_fill(q_i @ k[..., col0:col0 + block_size, :].transpose(-2, -1), row0, col0, causal)  # (..., Bq, Bk)
         m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
         shift = _finite_or_zero(m_new)
         p = torch.exp(s - shift)  # (..., Bq, Bk) unnormalised weights
@@ -212,12 +222,71 @@ def _flash_query_block(q_i: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row0
         ell = alpha * ell + p.sum(dim=-1, keepdim=True)
         acc = alpha * acc + p @ v[..., col0:col0 + block_size, :]
         m = m_new
-    return _safe_divide(acc, ell)  # (..., Bq, d_v)
+    lse = torch.where(ell > 0, _finite_or_zero(m) + torch.log(ell), torch.full_like(ell, float("inf")))
+    return _safe_divide(acc, ell), lse  # (..., Bq, d_v), (..., Bq, 1)
+
+
+def _flash_backward_block(q_i: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do_i: torch.Tensor,
+                          lse_i: torch.Tensor, delta_i: torch.Tensor, row0: int, block_size: int, causal: bool,
+                          dk: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+    """Backward of one query block (q_i scaled by 1/sqrt(d)), recomputing every score tile from q_i, K and lse:
+
+        P = exp(S - lse),  dV_j += P^T dO_i,  dS = P * (dO_i V_j^T - D_i),  dQ_i += dS K_j,  dK_j += dS^T Q_i
+
+    with D_i = rowsum(dO_i * O_i). Adds into ``dk``, ``dv`` in place; returns dS K summed over key blocks.
+    """
+    dq_i = torch.zeros_like(q_i)  # (..., Bq, d)
+    stop = min(k.shape[-2], row0 + q_i.shape[-2]) if causal else k.shape[-2]  # the same tiles as the forward
+    for col0 in range(0, stop, block_size):
+        cols = slice(col0, col0 + block_size)
+        k_j, v_j = k[..., cols, :], v[..., cols, :]  # (..., Bk, d), (..., Bk, d_v)
+        p = torch.exp(_causal_fill(q_i @ k_j.transpose(-2, -1), row0, col0, causal) - lse_i)  # (..., Bq, Bk)
+        dv[..., cols, :] += p.transpose(-2, -1) @ do_i
+        ds = p * (do_i @ v_j.transpose(-2, -1) - delta_i)  # (..., Bq, Bk): the softmax backward, one tile
+        dq_i += ds @ k_j
+        dk[..., cols, :] += ds.transpose(-2, -1) @ q_i
+    return dq_i
+
+
+class _FlashAttentionFunction(torch.autograd.Function):
+    """Tiled attention whose backward recomputes P tile by tile: saves q, k, v, O and the row log-sum-exp only."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int,
+                causal: bool) -> torch.Tensor:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        ctx.shapes, ctx.block_size, ctx.causal = (q.shape, k.shape, v.shape), block_size, causal
+        q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))  # views: no copy
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        out = q.new_empty((*batch, q.shape[-2], v.shape[-1]))  # (..., L, d_v)
+        lse = q.new_empty((*batch, q.shape[-2], 1))  # (..., L, 1): one number per query, not L x S
+        for i in range(0, q.shape[-2], block_size):  # query blocks are independent (parallel on a GPU)
+            rows = slice(i, i + block_size)
+            out[..., rows, :], lse[..., rows, :] = _flash_query_block(q[..., rows, :] * scale, k, v, i, block_size,
+                                                                      causal)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        B, scale = ctx.block_size, 1.0 / math.sqrt(q.shape[-1])
+        delta = (grad_out * out).sum(dim=-1, keepdim=True)  # (..., L, 1): D_i = rowsum(dO * O) = rowsum(P * dP)
+        dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+        dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+        dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+        for i in range(0, q.shape[-2], B):
+            r = slice(i, i + B)
+            dq[..., r, :] = scale * _flash_backward_block(q[..., r, :] * scale, k, v, grad_out[..., r, :],
+                                                          lse[..., r, :], delta[..., r, :], i, B, ctx.causal, dk, dv)
+        q_shape, k_shape, v_shape = ctx.shapes
+        return dq.sum_to_size(q_shape), dk.sum_to_size(k_shape), dv.sum_to_size(v_shape), None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 64,
                     causal: bool = False) -> torch.Tensor:
-    """Exact attention softmax(Q K^T / sqrt(d)) V, tiled over queries AND keys (FlashAttention).
+    """Exact attention softmax(Q K^T / sqrt(d)) V, tiled over queries AND keys (FlashAttention), differentiable.
 
     The loop order is that of FlashAttention-2 (Dao, 2023), not of the first FlashAttention (Dao et al.,
     2022): query blocks outside, key blocks inside, an unnormalised accumulator divided once at the end.
@@ -227,19 +296,20 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_siz
     values). Only ``(block_size, block_size)`` score tiles ever exist: the ``L x S`` matrix is never
     materialised. Same forward FLOPs as the naive version, O(L d) memory instead of O(L S).
 
+    Backward (a ``torch.autograd.Function``): only q, k, v, O and the row log-sum-exp
+    lse_i = log sum_j exp(S_ij) are saved; each tile of P = exp(S - lse) is recomputed, and with
+    D_i = rowsum(dO * O): dV = P^T dO, dS = P * (dO V^T - D), dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d),
+    accumulated tile by tile (Dao et al., 2022, Algorithm 4). Extra FLOPs, no L x S tensor.
+
     ``causal=True`` uses the top-left aligned mask of :func:`causal_mask` (query i sees keys 0..i), as
-    ``F.scaled_dot_product_attention(is_causal=True)``. Returns out ``(..., L, d_v)``.
+    ``F.scaled_dot_product_attention(is_causal=True)``; key tiles above the diagonal are skipped in both
+    passes. Returns out ``(..., L, d_v)``.
     """
-    batch = _check_qkv(q, k, v)
+    _check_qkv(q, k, v)
     block_size = _require_block_size(block_size)
     if not isinstance(causal, bool):
         raise ValueError(f"causal must be a bool, got {causal!r}")
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    out = q.new_empty((*batch, q.shape[-2], v.shape[-1]))  # (..., L, d_v)
-    for i in range(0, q.shape[-2], block_size):  # query blocks are independent (parallel on a GPU)
-        q_i = q[..., i:i + block_size, :] * scale  # (..., Bq, d)
-        out[..., i:i + block_size, :] = _flash_query_block(q_i, k, v, i, block_size, causal, batch)
-    return out
+    return _FlashAttentionFunction.apply(q, k, v, block_size, causal)
 
 
 # ---- masks and positions ------------------------------------------------------------------------
@@ -318,6 +388,10 @@ class MultiHeadAttention(nn.Module):
     ``out_proj`` (a Linear). ``forward(query (B, L, dim), key (B, S, dim), value (B, S, dim), mask)``
     returns ``(out (B, L, dim), weights (B, L, S))``, the weights averaged over heads as torch does.
     ``mask``: boolean, broadcastable to (B, L, S), **True = may attend** (torch's MHA: True = blocked).
+
+    ``need_weights=False`` is the fast path (as in nanoGPT): the heads go through PyTorch's fused
+    ``F.scaled_dot_product_attention``, which never returns the weights, and ``weights`` is ``None``.
+    Same output and gradients as the book's own :func:`scaled_dot_product_attention` (tested).
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -343,7 +417,10 @@ class MultiHeadAttention(nn.Module):
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                mask: torch.Tensor | None = None,
+                need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not isinstance(need_weights, bool):
+            raise ValueError(f"need_weights must be a bool, got {need_weights!r}")
         query = _require_features(query, "query", self.dim, "(B, L, dim)")
         key = _require_features(key, "key", self.dim, "(B, S, dim)")
         value = _require_features(value, "value", self.dim, "(B, S, dim)")
@@ -359,9 +436,13 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             mask = _check_mask(mask, (B, L, S))
             mask = mask.unsqueeze(-3) if mask.ndim == 3 else mask  # (B, 1, L, S): one mask for every head
-        out, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, nh, L, hs), (B, nh, L, S)
+        if need_weights:
+            out, weights = scaled_dot_product_attention(q, k, v, mask)  # (B, nh, L, hs), (B, nh, L, S)
+            weights = weights.mean(dim=1)  # (B, L, S)
+        else:  # fused kernel: the (B, nh, L, S) weights are never returned (nor, on a GPU, stored)
+            out, weights = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
         out = out.transpose(1, 2).reshape(B, L, self.dim)  # (B, L, nh * hs): the heads concatenated
-        return self.out_proj(out), weights.mean(dim=1)  # (B, L, dim), (B, L, S)
+        return self.out_proj(out), weights  # (B, L, dim), (B, L, S) or None
 
 
 class FeedForward(nn.Module):
@@ -396,13 +477,16 @@ class TransformerBlock(nn.Module):
     ``forward(x (B, T, dim), mask=None, context=None (B, S, dim), context_mask=None)``; masks are
     boolean, True = may attend, broadcastable to (B, T, T) and (B, T, S). The last attention weights
     (averaged over heads, detached) are kept in ``self.attn_weights`` and ``self.cross_weights``.
+    With ``need_weights=False`` (an attribute; it can be switched at any time) attention takes the fused
+    fast path of :class:`MultiHeadAttention` and those two stay ``None``: use it for training.
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 causal: bool = False, cross_attention: bool = False, activation: str = "gelu") -> None:
+                 causal: bool = False, cross_attention: bool = False, activation: str = "gelu",
+                 need_weights: bool = True) -> None:
         super().__init__()
         require_positive(mlp_ratio, "mlp_ratio")
-        self.causal = bool(causal)
+        self.causal, self.need_weights = bool(causal), bool(need_weights)
         self.norm1, self.attn = nn.LayerNorm(dim), MultiHeadAttention(dim, num_heads)
         self.norm_cross = nn.LayerNorm(dim) if cross_attention else None
         self.cross_attn = MultiHeadAttention(dim, num_heads) if cross_attention else None
@@ -426,12 +510,13 @@ class TransformerBlock(nn.Module):
         if self.cross_attn is not None and context is None:
             raise ValueError("this block has cross-attention: context must be (B, S, dim), got None")
         h = self.norm1(x)
-        a, weights = self.attn(h, h, h, self._self_mask(x, mask))
-        self.attn_weights = weights.detach()
+        a, weights = self.attn(h, h, h, self._self_mask(x, mask), need_weights=self.need_weights)
+        self.attn_weights = None if weights is None else weights.detach()
         x = x + self.drop(a)  # (B, T, dim)
         if self.cross_attn is not None:
-            c, weights = self.cross_attn(self.norm_cross(x), context, context, context_mask)
-            self.cross_weights = weights.detach()
+            c, weights = self.cross_attn(self.norm_cross(x), context, context, context_mask,
+                                         need_weights=self.need_weights)
+            self.cross_weights = None if weights is None else weights.detach()
             x = x + self.drop(c)
         return x + self.ffn(self.norm2(x))  # FeedForward ends with its own dropout
 
@@ -440,14 +525,16 @@ class TransformerEncoder(nn.Module):
     """A stack of ``depth`` pre-LN :class:`TransformerBlock`s and a final LayerNorm.
 
     ``causal=True`` makes it a decoder-only (GPT-style) stack. ``forward(x (B, T, dim), mask=None)``.
+    ``need_weights=False``: every block takes the fused attention fast path (no weights kept).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 causal: bool = False, activation: str = "gelu") -> None:
+                 causal: bool = False, activation: str = "gelu", need_weights: bool = True) -> None:
         super().__init__()
         depth = _require_size(depth, "depth")
         self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
-                                                     causal=causal, activation=activation) for _ in range(depth))
+                                                     causal=causal, activation=activation, need_weights=need_weights)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -460,14 +547,16 @@ class TransformerDecoder(nn.Module):
     """``depth`` causal blocks with cross-attention to a ``context`` (e.g. image patches), then a LayerNorm.
 
     ``forward(x (B, T, dim), context (B, S, dim), mask=None, context_mask=None)``: the captioning decoder.
+    ``need_weights=False``: every block takes the fused attention fast path (no weights kept).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 activation: str = "gelu") -> None:
+                 activation: str = "gelu", need_weights: bool = True) -> None:
         super().__init__()
         depth = _require_size(depth, "depth")
         self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, causal=True,
-                                                     cross_attention=True, activation=activation)
+                                                     cross_attention=True, activation=activation,
+                                                     need_weights=need_weights)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 

@@ -263,6 +263,90 @@ def test_flash_attention_is_differentiable_and_handles_broadcast_and_large_score
         torch.testing.assert_close(ours, want, **TIGHT)
 
 
+def _naive_attention_grads(q, k, v, g, causal):
+    """Reference: autograd through the materialised softmax(Q K^T / sqrt(d)) V."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    scores = leaves[0] @ leaves[1].transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], device=q.device), float("-inf"))
+    (torch.softmax(scores, dim=-1) @ leaves[2]).backward(g)
+    return [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16, 64])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("L,S", [(13, 13), (9, 21), (21, 9), (70, 67)])
+def test_flash_attention_backward_equals_autograd_of_naive(device, block_size, causal, L, S):
+    q, k, v = _qkv(device, (2, 3), L, S, 8, 5)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*leaves, block_size=block_size, causal=causal)
+    g = torch.randn_like(out)
+    out.backward(g)
+    for name, ours, want in zip("qkv", (leaf.grad for leaf in leaves), _naive_attention_grads(q, k, v, g, causal)):
+        torch.testing.assert_close(ours, want, atol=1e-10, rtol=1e-8, msg=f"d{name}")
+
+
+def test_flash_attention_backward_sums_over_broadcast_batch_axes(device):
+    q = torch.randn(2, 3, 11, 4, device=device, dtype=F64)
+    k = torch.randn(1, 3, 6, 4, device=device, dtype=F64)  # broadcast over the first axis
+    v = torch.randn(6, 5, device=device, dtype=F64)  # no batch axes at all
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = flash_attention(*leaves, block_size=4, causal=True)
+    g = torch.randn_like(out)
+    out.backward(g)
+    want = _naive_attention_grads(q, k.expand(2, 3, 6, 4), v.expand(2, 3, 6, 5), g, True)
+    for leaf, ref in zip(leaves, want):
+        assert leaf.grad.shape == leaf.shape
+        torch.testing.assert_close(leaf.grad, ref.sum_to_size(leaf.shape), atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_passes_torch_gradcheck(causal):
+    q, k, v = (t.requires_grad_() for t in _qkv("cpu", (2,), 5, 4, 3, 2))
+    assert torch.autograd.gradcheck(lambda a, b, c: flash_attention(a, b, c, block_size=2, causal=causal), (q, k, v))
+
+
+def test_flash_attention_backward_recomputes_scores_and_skips_causal_tiles():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    L, d, B = 64, 8, 16
+    flops = {}
+    for causal in (False, True):
+        leaves = [torch.randn(L, d, requires_grad=True) for _ in range(3)]
+        out = flash_attention(*leaves, block_size=B, causal=causal)
+        with FlopCounterMode(display=False) as counter:
+            out.backward(torch.ones_like(out))
+        flops[causal] = counter.get_total_flops()
+    n = L // B
+    assert flops[False] == 10 * L * L * d  # S recomputed (2LSd) + dV, dP, dQ, dK (8LSd)
+    assert flops[True] * 2 * n == flops[False] * (n + 1)  # only the n (n + 1) / 2 tiles on or below the diagonal
+
+
+def test_flash_attention_saves_no_score_matrix_for_backward():
+    L, S, d = 40, 56, 8
+    q, k, v = (t.requires_grad_() for t in _qkv("cpu", (2,), L, S, d, d))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        out = flash_attention(q, k, v, block_size=8)
+    assert sorted(saved) == sorted([(2, L, d), (2, S, d), (2, S, d), (2, L, d), (2, L, 1)])  # q, k, v, O, lse
+    out.sum().backward()  # and the backward runs from those alone
+    assert all(t.grad is not None for t in (q, k, v))
+
+
+def test_flash_attention_training_peak_memory_stays_below_one_score_matrix():
+    L, d = 512, 16
+    q, k, v = (torch.randn(L, d, requires_grad=True) for _ in range(3))
+    g = torch.randn(L, d)
+
+    def train_step(fn):
+        fn().backward(g)
+
+    _, naive_peak = measure_peak_memory(train_step, lambda: scaled_dot_product_attention(q, k, v)[0])
+    _, flash_peak = measure_peak_memory(train_step, lambda: flash_attention(q, k, v, block_size=64))
+    assert naive_peak >= 2 * L * L * 4  # forward + backward hold several L x S matrices
+    assert flash_peak < L * L * 4 / 4  # the tiled backward never holds one
+
+
 def test_flash_attention_never_materialises_the_score_matrix():
     L, d = 512, 16
     q, k, v = (torch.randn(L, d) for _ in range(3))
@@ -370,6 +454,39 @@ def test_mha_mask_is_the_negation_of_torchs(device):
     torch.testing.assert_close(w, w_ref, **TIGHT)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_mha_fast_path_gives_the_same_output_and_gradients(device, masked):
+    mha = MultiHeadAttention(12, 3).to(device, F64)
+    nn.init.normal_(mha.in_proj_bias)  # non-zero biases, so that every parameter is exercised
+    x = torch.randn(2, 6, 12, device=device, dtype=F64)
+    ctx = torch.randn(2, 9, 12, device=device, dtype=F64)
+    for key in (x, ctx):  # self- and cross-attention
+        mask = _random_mask((2, 6, key.shape[1]), device, fully_masked_rows=1) if masked else None
+        results = []
+        for need_weights in (True, False):
+            mha.zero_grad()
+            xq = x.clone().requires_grad_()
+            out, w = mha(xq, key, key, mask, need_weights=need_weights)
+            assert (w is None) == (not need_weights)
+            out.backward(torch.ones_like(out))
+            results.append([out, xq.grad, *(p.grad for p in mha.parameters())])
+        for slow, fast in zip(*results):
+            torch.testing.assert_close(fast, slow, **TIGHT)
+
+
+def test_transformer_block_fast_path_equals_slow_path_and_keeps_no_weights(device):
+    block = TransformerBlock(16, 4, causal=True, cross_attention=True).to(device, F64)
+    x, ctx = torch.randn(2, 7, 16, device=device, dtype=F64), torch.randn(2, 5, 16, device=device, dtype=F64)
+    slow = block(x, context=ctx)
+    assert block.attn_weights is not None and block.cross_weights is not None
+    block.need_weights = False
+    torch.testing.assert_close(block(x, context=ctx), slow, **TIGHT)
+    assert block.attn_weights is None and block.cross_weights is None
+    enc = TransformerEncoder(16, 2, 4, causal=True, need_weights=False).to(device, F64)
+    assert not any(b.need_weights for b in enc.blocks)
+    assert enc(x).shape == x.shape
+
+
 def test_mha_rejects_bad_input():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(10, 3)
@@ -382,6 +499,8 @@ def test_mha_rejects_bad_input():
         mha(torch.ones(1, 4, 8), torch.ones(1, 5, 8), torch.ones(1, 4, 8))
     with pytest.raises(ValueError, match="boolean"):
         mha(torch.ones(1, 4, 8), torch.ones(1, 4, 8), torch.ones(1, 4, 8), mask=torch.ones(4, 4))
+    with pytest.raises(ValueError, match="need_weights must be a bool"):
+        mha(torch.ones(1, 4, 8), torch.ones(1, 4, 8), torch.ones(1, 4, 8), need_weights=0)
 
 
 def _copy_block_into_torch_layer(block: TransformerBlock, layer: nn.Module) -> None:
