@@ -4,9 +4,13 @@ The source articles write ``x = Conv2D(k, s)(I)``, ``x = RNN(W, b)(T)`` and
 ``h_t = LSTM(x_t, h_{t-1})`` and never open them. This module opens them:
 
 * :func:`conv2d_loops` (seven nested loops, for teaching) → :func:`im2col` → :func:`conv2d`
-  (one matrix product), equal to ``F.conv2d``; :func:`max_pool2d` equal to ``F.max_pool2d``;
+  (one matrix product), equal to ``F.conv2d`` (dilation included); :func:`max_pool2d` equal to ``F.max_pool2d``;
+* the backward pass by hand: :func:`col2im` (= ``F.fold``), :func:`conv2d_backward` (= autograd) and
+  :func:`conv_transpose2d` (the adjoint, = ``F.conv_transpose2d``);
 * :class:`RNN`, :class:`LSTM`, :class:`GRU`: single-layer recurrent modules whose parameters have the
   names and layout of ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (``load_state_dict`` works both ways);
+* :func:`stacked_rnn` and :func:`recurrent_layers_from_torch` (stacked / bidirectional networks equal to
+  ``nn.GRU(num_layers=L, bidirectional=True)`` etc.), :func:`adding_problem` (a long-range task);
 * :class:`PatchEmbedding` (the first layer of a Vision Transformer: a strided convolution in disguise);
 * small encoders used by later chapters: :class:`CNNEncoder`, :class:`TextEncoder`, :class:`AudioEncoder`;
 * the ShapesWorld unimodal-baseline protocol that chapter 4 must beat: :data:`TASKS`, :func:`task_labels`,
@@ -70,7 +74,7 @@ def receptive_field(kernel_sizes: Sequence[int], strides: Sequence[int]) -> int:
 # ---- convolution ----------------------------------------------------------------------------------
 
 def _check_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                padding: tuple[int, int]) -> None:
+                padding: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> None:
     require_rank(x, "x", 4, "(B, C_in, H, W)")
     require_rank(weight, "weight", 4, "(C_out, C_in, kh, kw)")
     require_floating(x, "x")
@@ -81,7 +85,8 @@ def _check_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                          f"got weight of shape {tuple(weight.shape)}")
     if bias is not None and (require_tensor(bias, "bias").shape != (weight.shape[0],)):
         raise ValueError(f"bias must be (C_out,) = ({weight.shape[0]},), got shape {tuple(bias.shape)}")
-    for axis, (n, k, p) in enumerate(zip(x.shape[2:], weight.shape[2:], padding)):
+    for axis, (n, k, p) in enumerate(zip(x.shape[2:], (_dilated_size(k, d) for k, d in zip(weight.shape[2:], dilation)),
+                                         padding)):
         if n + 2 * p < k:
             raise ValueError(f"kernel size {k} on axis {axis + 2} is larger than the padded input "
                              f"{n} + 2·{p} = {n + 2 * p}")
@@ -115,45 +120,142 @@ def conv2d_loops(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y
 
 
-def im2col(x: torch.Tensor, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0) -> torch.Tensor:
+def _dilated_size(k: int, d: int) -> int:
+    """Extent of a kernel of ``k`` taps spaced ``d`` apart: ``d (k - 1) + 1``."""
+    return d * (k - 1) + 1
+
+
+def im2col(x: torch.Tensor, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0,
+           dilation: IntPair = 1) -> torch.Tensor:
     """Every ``kh × kw`` window of ``x`` as one column: ``(B, C, H, W) -> (B, C·kh·kw, L)``.
 
     Rows are ordered ``(c, u, v)`` (channel first), columns ``(i, j)`` row-major over the ``Ho × Wo``
-    output positions, ``L = Ho·Wo``. Equals ``F.unfold(x, kernel_size, padding=padding, stride=stride)``.
+    output positions, ``L = Ho·Wo``; tap ``(u, v)`` of window ``(i, j)`` reads ``x[s i + d u, s j + d v]``.
+    Equals ``F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)``.
     """
     require_rank(x, "x", 4, "(B, C, H, W)")
     (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
     ph, pw = _pair(padding, "padding", allow_zero=True)
-    conv_output_size(x.shape[2], kh, sh, ph), conv_output_size(x.shape[3], kw, sw, pw)  # validates sizes
+    dh, dw = _pair(dilation, "dilation")
+    eh, ew = _dilated_size(kh, dh), _dilated_size(kw, dw)
+    conv_output_size(x.shape[2], eh, sh, ph), conv_output_size(x.shape[3], ew, sw, pw)  # validates sizes
     x = F.pad(x, (pw, pw, ph, ph))
-    windows = x.unfold(2, kh, sh).unfold(3, kw, sw)              # (B, C, Ho, Wo, kh, kw), a view
+    windows = x.unfold(2, eh, sh).unfold(3, ew, sw)[..., ::dh, ::dw]   # (B, C, Ho, Wo, kh, kw), a view
     B, C, Ho, Wo = windows.shape[:4]
     return windows.permute(0, 1, 4, 5, 2, 3).reshape(B, C * kh * kw, Ho * Wo)
 
 
+def col2im(cols: torch.Tensor, output_size: IntPair, kernel_size: IntPair, stride: IntPair = 1,
+           padding: IntPair = 0, dilation: IntPair = 1) -> torch.Tensor:
+    r"""The adjoint of :func:`im2col`: add every column back onto the window it came from.
+
+    .. math:: x[b, c, s i + d u - p, s j + d v - p] \mathrel{+}= \text{cols}[b, (c, u, v), (i, j)]
+
+    ``(B, C·kh·kw, L) -> (B, C, H, W)`` with ``(H, W) = output_size``; entries that fall on the padding
+    are dropped. So :math:`\langle \operatorname{im2col}(x), Y \rangle = \langle x,
+    \operatorname{col2im}(Y) \rangle`.
+    Equals ``F.fold(cols, output_size, kernel_size, dilation, padding, stride)``.
+    """
+    require_rank(cols, "cols", 3, "(B, C·kh·kw, L)")
+    (H, W), (kh, kw) = _pair(output_size, "output_size"), _pair(kernel_size, "kernel_size")
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding", allow_zero=True)
+    dh, dw = _pair(dilation, "dilation")
+    Ho = conv_output_size(H, _dilated_size(kh, dh), sh, ph)
+    Wo = conv_output_size(W, _dilated_size(kw, dw), sw, pw)
+    B, rows, L = cols.shape
+    if rows % (kh * kw) or L != Ho * Wo:
+        raise ValueError(f"cols must be (B, C·{kh}·{kw}, {Ho}·{Wo}) for output size {(H, W)}, "
+                         f"got shape {tuple(cols.shape)}")
+    cols = cols.reshape(B, rows // (kh * kw), kh, kw, Ho, Wo)
+    canvas = cols.new_zeros(B, rows // (kh * kw), H + 2 * ph, W + 2 * pw)
+    for u in range(kh):                                          # k² strided adds, each over all windows
+        for v in range(kw):
+            canvas[:, :, dh * u:dh * u + sh * (Ho - 1) + 1:sh, dw * v:dw * v + sw * (Wo - 1) + 1:sw] += cols[:, :, u, v]
+    return canvas[:, :, ph:ph + H, pw:pw + W]
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           stride: IntPair = 1, padding: IntPair = 0) -> torch.Tensor:
+           stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1) -> torch.Tensor:
     r"""2-D convolution (cross-correlation, as in every deep-learning library) as one matrix product.
 
     .. math:: Y = W_\text{mat}\, \operatorname{im2col}(X) + \beta, \qquad
               W_\text{mat} \in \mathbb{R}^{C_\text{out} \times C_\text{in} k_h k_w}
 
     ``x`` is ``(B, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), ``weight`` ``(C_out, C_in, kh, kw)``,
-    ``bias`` ``(C_out,)``. Returns ``(B, C_out, Ho, Wo)``. Equals :func:`F.conv2d`.
+    ``bias`` ``(C_out,)``; ``dilation`` spaces the taps. Returns ``(B, C_out, Ho, Wo)``. Equals :func:`F.conv2d`.
     """
     require_tensor(x, "x")
     if x.ndim == 3:
-        return conv2d(x[None], weight, bias, stride, padding)[0]
+        return conv2d(x[None], weight, bias, stride, padding, dilation)[0]
     (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding", allow_zero=True)
-    _check_conv(x, weight, bias, (ph, pw))
+    dh, dw = _pair(dilation, "dilation")
+    _check_conv(x, weight, bias, (ph, pw), (dh, dw))
     C_out, _, kh, kw = weight.shape
-    Ho = conv_output_size(x.shape[2], kh, sh, ph)
-    Wo = conv_output_size(x.shape[3], kw, sw, pw)
-    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw))             # (B, C·kh·kw, L)
+    Ho = conv_output_size(x.shape[2], _dilated_size(kh, dh), sh, ph)
+    Wo = conv_output_size(x.shape[3], _dilated_size(kw, dw), sw, pw)
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw))   # (B, C·kh·kw, L)
     y = weight.reshape(C_out, -1) @ cols                        # (C_out, C·kh·kw) @ (B, C·kh·kw, L) -> (B, C_out, L)
     if bias is not None:
         y = y + bias[:, None]
     return y.reshape(x.shape[0], C_out, Ho, Wo)
+
+
+def conv2d_backward(x: torch.Tensor, weight: torch.Tensor, grad_out: torch.Tensor, stride: IntPair = 1,
+                    padding: IntPair = 0, dilation: IntPair = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Gradients of :func:`conv2d` by hand: ``(dL/dx, dL/dweight, dL/dbias)`` from ``G = dL/dy``.
+
+    .. math:: \frac{\partial L}{\partial W_\text{mat}} = \sum_b G_b\, \operatorname{im2col}(x_b)^\top, \quad
+              \frac{\partial L}{\partial x} = \operatorname{col2im}(W_\text{mat}^\top G), \quad
+              \frac{\partial L}{\partial \beta_o} = \sum_{b,i,j} G_{b,o,i,j}
+
+    For stride 1 the input gradient is the *full* convolution of ``G`` with the flipped kernel.
+    ``grad_out`` must have the shape of ``conv2d(x, weight, stride=stride, padding=padding, dilation=dilation)``.
+    """
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding", allow_zero=True)
+    dh, dw = _pair(dilation, "dilation")
+    _check_conv(x, weight, None, (ph, pw), (dh, dw))
+    C_out, _, kh, kw = weight.shape
+    B, _, H, W = x.shape
+    expected = (B, C_out, conv_output_size(H, _dilated_size(kh, dh), sh, ph),
+                conv_output_size(W, _dilated_size(kw, dw), sw, pw))
+    if require_tensor(grad_out, "grad_out").shape != expected:
+        raise ValueError(f"grad_out must have the output's shape {expected}, got {tuple(grad_out.shape)}")
+    G = grad_out.reshape(B, C_out, -1)                                        # (B, C_out, L)
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw))                  # (B, C_in·kh·kw, L)
+    grad_weight = (G @ cols.transpose(1, 2)).sum(0).reshape(weight.shape)     # Σ_b G_b colsᵀ
+    grad_x = col2im(weight.reshape(C_out, -1).T @ G, (H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    return grad_x, grad_weight, grad_out.sum(dim=(0, 2, 3))
+
+
+def conv_transpose2d(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: IntPair = 1, padding: IntPair = 0, output_padding: IntPair = 0,
+                     dilation: IntPair = 1) -> torch.Tensor:
+    r"""Transposed convolution: the adjoint of :func:`conv2d` with the same ``weight``, plus a bias.
+
+    .. math:: \operatorname{conv\_T}(y) = \operatorname{col2im}(W_\text{mat}^\top Y), \qquad
+              \langle \operatorname{conv}(x), y \rangle = \langle x, \operatorname{conv\_T}(y) \rangle
+
+    ``y`` is ``(B, C_out, Hy, Wy)``, ``weight`` ``(C_out, C_in, kh, kw)`` (the conv's weight, which is
+    torch's ``ConvTranspose2d(C_out, C_in, k)`` layout), ``bias`` ``(C_in,)``. Output side
+    ``(Hy - 1) s - 2p + d (k - 1) + output_padding + 1``. Equals :func:`F.conv_transpose2d`.
+    """
+    require_rank(y, "y", 4, "(B, C_out, H, W)")
+    require_rank(weight, "weight", 4, "(C_out, C_in, kh, kw)")
+    if weight.shape[0] != y.shape[1]:
+        raise ValueError(f"weight must be (C_out = {y.shape[1]}, C_in, kh, kw) for y of shape {tuple(y.shape)}, "
+                         f"got {tuple(weight.shape)}")
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding", allow_zero=True)
+    (oh, ow), (dh, dw) = _pair(output_padding, "output_padding", allow_zero=True), _pair(dilation, "dilation")
+    if oh >= sh or ow >= sw:
+        raise ValueError(f"output_padding must be smaller than the stride {(sh, sw)}, got {(oh, ow)}")
+    B, C_out, Hy, Wy = y.shape
+    C_in, kh, kw = weight.shape[1:]
+    H, W = (Hy - 1) * sh - 2 * ph + _dilated_size(kh, dh) + oh, (Wy - 1) * sw - 2 * pw + _dilated_size(kw, dw) + ow
+    if H < 1 or W < 1:
+        raise ValueError(f"padding {(ph, pw)} leaves no output for y of shape {tuple(y.shape)}")
+    x = col2im(weight.reshape(C_out, -1).T @ y.reshape(B, C_out, -1), (H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    return x if bias is None else x + bias[:, None, None]                      # (B, C_in, H, W)
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None,
@@ -380,6 +482,85 @@ class GRU(_Recurrent):
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         output, (h_n,) = self._run(x, (h0,), mask)
         return output, h_n
+
+
+# ---- deeper recurrent networks and a long-range task ----------------------------------------------
+
+_TORCH_TO_OURS = {"RNN": "RNN", "LSTM": "LSTM", "GRU": "GRU"}
+
+
+def recurrent_layers_from_torch(module: nn.RNNBase) -> list[list[_Recurrent]]:
+    """Split a (stacked, possibly bidirectional) ``nn.RNN/LSTM/GRU`` into our single-layer modules.
+
+    Returns ``layers[l][d]`` (``d = 0`` forward, ``d = 1`` backward) holding torch's weights
+    ``weight_ih_l{l}``, ``weight_ih_l{l}_reverse``, …, for use with :func:`stacked_rnn`.
+    """
+    if not isinstance(module, nn.RNNBase) or type(module).__name__ not in _TORCH_TO_OURS:
+        raise ValueError(f"module must be an nn.RNN, nn.LSTM or nn.GRU, got {type(module).__name__}")
+    if module.proj_size or module.dropout:
+        raise ValueError("modules with proj_size or dropout are not supported")
+    cls = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}[type(module).__name__]
+    extra = {"nonlinearity": module.nonlinearity} if cls is RNN else {}
+    layers = []
+    for layer in range(module.num_layers):
+        size_in = module.input_size if layer == 0 else module.hidden_size * (2 if module.bidirectional else 1)
+        directions = []
+        for suffix in ("", "_reverse")[:2 if module.bidirectional else 1]:
+            ours = cls(size_in, module.hidden_size, bias=module.bias, batch_first=True, **extra)
+            ours = ours.to(device=module.weight_ih_l0.device, dtype=module.weight_ih_l0.dtype)
+            ours.load_state_dict({name: getattr(module, f"{name[:-3]}_l{layer}{suffix}")
+                                  for name in ours.state_dict()})
+            directions.append(ours)
+        layers.append(directions)
+    return layers
+
+
+def stacked_rnn(x: torch.Tensor, layers: Sequence[Sequence[_Recurrent]]) -> tuple[torch.Tensor, object]:
+    r"""Run a stack of (bi)directional recurrent layers; layer :math:`\ell` reads the outputs of :math:`\ell - 1`.
+
+    .. math:: h^{(\ell)}_t = \big[\overrightarrow{h}^{(\ell)}_t ;\, \overleftarrow{h}^{(\ell)}_t\big], \qquad
+              \overleftarrow{h}^{(\ell)}_t = \mathrm{cell}\big(h^{(\ell - 1)}_t, \overleftarrow{h}^{(\ell)}_{t+1}\big)
+
+    ``x`` is ``(B, T, I)``; ``layers[l]`` is ``[forward]`` or ``[forward, backward]``. Returns
+    ``(output (B, T, D·H), h_n)`` in torch's layout: ``h_n`` ``(L·D, B, H)`` ordered layer by layer,
+    forward first (for LSTMs the pair ``(h_n, c_n)``). Equals ``nn.GRU(..., num_layers=L, bidirectional=D == 2)``.
+    """
+    require_rank(x, "x", 3, "(B, T, input_size)")
+    if not layers or any(len(directions) not in (1, 2) for directions in layers):
+        raise ValueError(f"layers must be a non-empty list of [forward] or [forward, backward], got {layers!r}")
+    finals = []
+    for directions in layers:
+        outputs = []
+        for d, cell in enumerate(directions):
+            out, state = cell(x.flip(1) if d else x)                      # the backward cell reads time reversed
+            outputs.append(out.flip(1) if d else out)                     # (B, T, H), back in time order
+            finals.append(state)
+        x = torch.cat(outputs, dim=-1)                                    # (B, T, D·H): next layer's input
+    if isinstance(finals[0], tuple):                                      # LSTM: ((1, B, H), (1, B, H)) each
+        return x, (torch.cat([h for h, _ in finals]), torch.cat([c for _, c in finals]))
+    return x, torch.cat(finals)
+
+
+def adding_problem(n: int, length: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015): add two marked numbers.
+
+    ``x[:, t] = (v_t, m_t)`` with ``v_t ~ U(0, 1)`` and a marker ``m_t`` that is 1 at exactly two steps,
+    one in each half of the sequence; the target is :math:`y = \sum_t m_t v_t`. Always predicting
+    :math:`\mathbb{E}[y] = 1` gives mean squared error :math:`\operatorname{Var}(y) = 2/12 = 1/6`.
+    Returns ``x (n, length, 2)`` and ``y (n,)``, float32, deterministic given ``seed``.
+    """
+    for name, value, low in (("n", n, 1), ("length", length, 2)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.rand(n, length, generator=gen)
+    half = length // 2
+    first = torch.randint(0, half, (n,), generator=gen)                  # one marker in each half
+    second = torch.randint(half, length, (n,), generator=gen)
+    markers = torch.zeros(n, length)
+    markers[torch.arange(n), first] = 1.0
+    markers[torch.arange(n), second] = 1.0
+    return torch.stack([values, markers], dim=-1), (values * markers).sum(1)
 
 
 # ---- patches --------------------------------------------------------------------------------------

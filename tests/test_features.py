@@ -382,3 +382,129 @@ def test_train_unimodal_is_seeded_and_follows_the_seed_offset(monkeypatch):
     monkeypatch.setenv("MMLEARN_SEED", str(seed_offset() + 1))   # another offset: another initialisation
     other = train()
     assert not torch.equal(first["encoder.embed.weight"], other["encoder.embed.weight"])
+
+
+# ---- the convolution backward pass, dilation, transposed convolution (03_features_cnn_backward) ----
+
+@st.composite
+def dilated_conv_case(draw):
+    """(x shape, weight shape, stride, padding, dilation) whose dilated kernel fits the padded input."""
+    B, C, C_out = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 10))
+    W = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 10))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return (B, C, H, W), (C_out, C, kh, kw), stride, (ph, pw), (dh, dw)
+
+
+@given(dilated_conv_case())
+def test_dilated_conv2d_im2col_col2im_match_torch(case):
+    x_shape, w_shape, stride, padding, dilation = case
+    x, w, b = torch.randn(x_shape, dtype=F64), torch.randn(w_shape, dtype=F64), torch.randn(w_shape[0], dtype=F64)
+    assert_close(mf.conv2d(x, w, b, stride, padding, dilation),
+                 F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation))
+    cols = mf.im2col(x, w_shape[2:], stride, padding, dilation)
+    assert_close(cols, F.unfold(x, w_shape[2:], dilation=dilation, padding=padding, stride=stride))
+    y = torch.randn_like(cols)
+    folded = mf.col2im(y, x_shape[2:], w_shape[2:], stride, padding, dilation)
+    assert_close(folded, F.fold(y, x_shape[2:], w_shape[2:], dilation=dilation, padding=padding, stride=stride))
+    assert_close((cols * y).sum(), (x * folded).sum())                       # col2im is the adjoint of im2col
+
+
+@given(dilated_conv_case())
+def test_conv2d_backward_matches_autograd(case):
+    x_shape, w_shape, stride, padding, dilation = case
+    x = torch.randn(x_shape, dtype=F64, requires_grad=True)
+    w = torch.randn(w_shape, dtype=F64, requires_grad=True)
+    b = torch.randn(w_shape[0], dtype=F64, requires_grad=True)
+    y = F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+    g = torch.randn_like(y)
+    expected = torch.autograd.grad(y, (x, w, b), g)
+    got = mf.conv2d_backward(x.detach(), w.detach(), g, stride, padding, dilation)
+    for name, e, o in zip(("dL/dx", "dL/dweight", "dL/dbias"), expected, got):
+        assert_close(o, e, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_conv2d_backward_stride1_is_full_convolution_with_flipped_kernel():
+    """dL/dx = conv(pad(G, k - 1 - p), flip(w) with in/out channels swapped) for stride 1."""
+    x, w = torch.randn(2, 3, 7, 6, dtype=F64), torch.randn(4, 3, 3, 3, dtype=F64)
+    for p in (0, 1, 2):
+        g = torch.randn(2, 4, 7 + 2 * p - 2, 6 + 2 * p - 2, dtype=F64)
+        grad_x, _, _ = mf.conv2d_backward(x, w, g, 1, p)
+        full = F.conv2d(g, w.flip(2, 3).transpose(0, 1), padding=2 - p)
+        assert_close(grad_x, full)
+
+
+@given(dilated_conv_case(), st.integers(0, 2), st.integers(0, 2))
+def test_conv_transpose2d_matches_torch_and_is_the_adjoint(case, oh, ow):
+    x_shape, w_shape, stride, padding, dilation = case
+    x, w = torch.randn(x_shape, dtype=F64), torch.randn(w_shape, dtype=F64)
+    y = torch.randn_like(F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation))
+    op = (min(oh, stride[0] - 1), min(ow, stride[1] - 1))
+    b = torch.randn(w_shape[1], dtype=F64)
+    try:
+        expected = F.conv_transpose2d(y, w, b, stride=stride, padding=padding, output_padding=op, dilation=dilation)
+    except RuntimeError:                                   # torch rejects an empty output; so must we
+        with pytest.raises(ValueError):
+            mf.conv_transpose2d(y, w, b, stride, padding, op, dilation)
+        return
+    assert_close(mf.conv_transpose2d(y, w, b, stride, padding, op, dilation), expected)
+    xt = mf.conv_transpose2d(y, w, None, stride, padding, 0, dilation)
+    if xt.shape == x.shape:                                # ⟨conv(x), y⟩ = ⟨x, conv_T(y)⟩
+        assert_close((F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation) * y).sum(), (x * xt).sum())
+
+
+def test_conv_backward_and_transpose_bad_inputs():
+    x, w = torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3)
+    with pytest.raises(ValueError, match="grad_out must have the output's shape"):
+        mf.conv2d_backward(x, w, torch.randn(1, 2, 5, 5))
+    with pytest.raises(ValueError, match="output_padding must be smaller than the stride"):
+        mf.conv_transpose2d(torch.randn(1, 2, 3, 3), w, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="C_out = 4"):
+        mf.conv_transpose2d(torch.randn(1, 4, 3, 3), w)
+    with pytest.raises(ValueError, match="cols must be"):
+        mf.col2im(torch.randn(1, 10, 9), (5, 5), 3)
+    with pytest.raises(ValueError, match="dilation"):
+        mf.conv2d(x, w, dilation=0)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        mf.conv2d(x, w, dilation=3)
+
+
+# ---- stacked / bidirectional recurrent networks, the adding problem (03_features_rnn_long_range) ----
+
+@pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, True), (2, False), (2, True), (3, True)])
+def test_stacked_rnn_matches_torch(cls, num_layers, bidirectional, device):
+    ref = cls(4, 6, num_layers=num_layers, bidirectional=bidirectional, batch_first=True).double().to(device)
+    x = torch.randn(3, 7, 4, dtype=F64, device=device)
+    expected_out, expected_state = ref(x)
+    out, state = mf.stacked_rnn(x, mf.recurrent_layers_from_torch(ref))
+    assert_close(out, expected_out)
+    assert_close(state, expected_state)
+
+
+def test_stacked_rnn_bad_inputs():
+    with pytest.raises(ValueError, match="nn.RNN, nn.LSTM or nn.GRU"):
+        mf.recurrent_layers_from_torch(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="layers must be"):
+        mf.stacked_rnn(torch.randn(2, 3, 4), [])
+    with pytest.raises(ValueError, match="x must be"):
+        mf.stacked_rnn(torch.randn(3, 4), [[mf.GRU(4, 5)]])
+
+
+def test_adding_problem():
+    x, y = mf.adding_problem(500, 12, seed=3)
+    assert x.shape == (500, 12, 2) and y.shape == (500,)
+    markers = x[..., 1]
+    assert torch.all(markers.sum(1) == 2) and torch.all(markers[:, :6].sum(1) == 1)   # one in each half
+    assert_close(y, (x[..., 0] * markers).sum(1))
+    assert torch.equal(mf.adding_problem(500, 12, seed=3)[0], x)
+    assert not torch.equal(mf.adding_problem(500, 12, seed=4)[0], x)
+    # the constant prediction 1 has mean squared error Var(y) = 1/6, within 4 standard errors
+    big = mf.adding_problem(20000, 10, seed=0)[1]
+    se = float(((big - 1) ** 2).std()) / 20000**0.5
+    assert abs(float(((big - 1) ** 2).mean()) - 1 / 6) < 4 * se
+    with pytest.raises(ValueError, match="length must be"):
+        mf.adding_problem(10, 1)
