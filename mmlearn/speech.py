@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ENGLISH_VOICES", "HELDOUT_VOICES", "TRAIN_VOICES", "VARIANTS", "SpokenCaptions", "available_voices",
-           "speak", "speak_many", "spoken_captions"]
+__all__ = ["CHINESE_HELDOUT_VOICES", "CHINESE_TRAIN_VOICES", "CHINESE_VOICES", "ENGLISH_VOICES", "HELDOUT_VOICES",
+           "TRAIN_VOICES", "VARIANTS", "SpokenCaptions", "available_voices", "chinese_caption", "phonemes", "speak",
+           "speak_many", "spoken_captions"]
 
 _AUDIO_OUTPUT_SYNCHRONOUS, _CHARS_UTF8, _POS_CHARACTER = 2, 1, 1
 _RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
@@ -44,6 +45,11 @@ ENGLISH_VOICES = tuple(["en"] + [f"en+{v}" for v in VARIANTS])
 # The split by voice: a recogniser is trained on TRAIN_VOICES and tested on voices it never heard.
 HELDOUT_VOICES = ("en+m7", "en+f4", "en+klatt2")
 TRAIN_VOICES = tuple(v for v in ENGLISH_VOICES if v not in HELDOUT_VOICES)
+# The Mandarin voice with the same variants. f2, f3, f5 and whisper are nondeterministic for cmn too
+# (measured: the sums of the waveforms differ between fresh processes); the twelve VARIANTS are not.
+CHINESE_VOICES = tuple(["cmn"] + [f"cmn+{v}" for v in VARIANTS])
+CHINESE_HELDOUT_VOICES = ("cmn+m7", "cmn+f4", "cmn+klatt2")
+CHINESE_TRAIN_VOICES = tuple(v for v in CHINESE_VOICES if v not in CHINESE_HELDOUT_VOICES)
 
 
 def _on_samples(wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.c_void_p) -> int:
@@ -169,6 +175,56 @@ def _synthesise(lib: ctypes.CDLL, text: str) -> torch.Tensor:
     return samples
 
 
+def phonemes(text: str, *, voice: str = "en") -> str:
+    """The phonemes eSpeak NG will speak for ``text`` (its own notation, one word per ``_``-separated
+    group; for ``cmn`` each syllable carries its tone as pitch digits, e.g. 红 → ``X'ong35``, tone 2).
+
+    This is the synthesiser's reading of the text, before any sound is made: the way to check that a
+    Chinese character was read as the intended syllable and tone.
+    """
+    _check(text, voice, 160, 50, 16000)
+    with _LOCK, _fresh_library() as (lib, _):
+        if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"eSpeak NG could not load voice {voice!r}")
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+        pointer, parts = ctypes.c_void_p(ctypes.addressof(buffer)), []
+        while pointer.value:                                   # one call per clause; NULL at the end
+            parts.append(lib.espeak_TextToPhonemes(ctypes.byref(pointer), _CHARS_UTF8, 0).decode())
+    return " ".join(p.strip() for p in parts if p.strip())
+
+
+# ---- Chinese captions -------------------------------------------------------------------------------
+
+ZH_SIZES = {"small": "小", "large": "大"}
+ZH_COLORS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色"}
+ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
+ZH_RELATIONS = {"left of": "左边", "above": "上面", "below": "下面"}   # A 在 B 左边 = A is left of B
+
+
+def chinese_caption(caption: str) -> str:
+    """Render a ShapesWorld caption in Mandarin, from the same grammar (no translation model).
+
+    OBJ = "a SIZE COLOR SHAPE"  →  一个 + SIZE的 + COLOR + SHAPE   ("a large red circle" → 一个大的红色圆形);
+    "A REL B"                  →  A 在 B + 方位词                 (left of → 左边, above → 上面, below → 下面):
+    "a large red circle left of a small blue square" → 一个大的红色圆形在一个小的蓝色正方形左边.
+    A chain "A REL1 B REL2 C" becomes two clauses joined by "，", the second about 这个 (this) B:
+    A在B左边，这个…B在C上面. The parts come from :func:`mmlearn.data.parse_caption`.
+    """
+    from mmlearn.data import parse_caption
+
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be a str, got {type(caption).__name__}")
+    objects, relations = parse_caption(caption)                 # [(size, colour, shape), ...], [rel, ...]
+    phrases = [f"{ZH_SIZES[a]}的{ZH_COLORS[c]}{ZH_SHAPES[s]}" for a, c, s in objects]
+    if not relations:
+        return "一个" + phrases[0]
+    clauses = [("一个" if k == 0 else "这个") + phrases[k] + "在一个" + phrases[k + 1] + ZH_RELATIONS[rel]
+               for k, rel in enumerate(relations)]
+    return "，".join(clauses)
+
+
 # ---- spoken ShapesWorld -------------------------------------------------------------------------
 
 @dataclass
@@ -188,12 +244,21 @@ class SpokenCaptions:
 
 def spoken_captions(captions: list[str], voices: tuple[str, ...], *, seed: int = 0, group: int = 12,
                     rate_range: tuple[int, int] = (140, 220), pitch_range: tuple[int, int] = (30, 70),
-                    sample_rate: int = 16000) -> SpokenCaptions:
+                    sample_rate: int = 16000, language: str = "en") -> SpokenCaptions:
     """Speak every caption: each run of ``group`` captions gets the next voice (cycling through
     ``voices``) and a speaking rate and pitch drawn uniformly from the ranges (seeded: same
-    arguments, same waveforms). Use disjoint voice lists for training and test sets."""
+    arguments, same waveforms). Use disjoint voice lists for training and test sets.
+
+    ``language="zh"`` speaks :func:`chinese_caption` of each (English) caption with Mandarin voices
+    (``cmn``, ``cmn+m1``, ...); ``captions`` of the result then holds the Chinese texts, in order."""
     if not voices or not captions:
         raise ValueError(f"need at least one caption and one voice, got {len(captions)} and {len(voices)}")
+    if language not in ("en", "zh"):
+        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+    if language == "zh":
+        if any(v.partition("+")[0] != "cmn" for v in voices):
+            raise ValueError(f"language='zh' needs Mandarin voices ('cmn', 'cmn+VARIANT'), got {tuple(voices)}")
+        captions = [chinese_caption(c) for c in captions]
     rng = torch.Generator().manual_seed(seed)
     out = SpokenCaptions([], [], [], [], [], sample_rate)
     for k, start in enumerate(range(0, len(captions), group)):

@@ -114,3 +114,46 @@ def _check_feasible(feasible) -> None:
         expect_equal(bool(call_student(feasible, frames, text, stride, what=f"case {case}")),
                      math.ceil(frames / stride) >= needed,
                      what=f"case {case}: can {frames} frames with stride {stride} carry {text!r}")
+
+
+@register("ex-ch09-chance-recall", hint="Under a random order the match is equally likely at each of the N "
+                                        "positions; count the positions that are < k.")
+def _check_chance_recall(chance_recall) -> None:
+    gen = fresh_generator()
+    cases = [(1, 1), (1, 100), (10, 100), (5, 5)]
+    cases += [(int(k), int(n)) for n in torch.randint(2, 500, (6,), generator=gen)
+              for k in torch.randint(1, int(n) + 1, (1,), generator=gen)]
+    for case, (k, n) in enumerate(cases):
+        expect_close(float(call_student(chance_recall, k, n, what=f"case {case}")), k / n,
+                     what=f"case {case}: expected recall@{k} of a random ranking of {n} items", atol=1e-12)
+
+
+@register("ex-ch09-masked-mean", hint="Build a (B, T) boolean mask arange(T) < lengths[:, None], multiply, sum "
+                                      "over time and divide by the lengths (not by T).")
+def _check_masked_mean(my_masked_mean) -> None:
+    from mmlearn.alignment import masked_mean
+
+    gen = fresh_generator()
+    for case in range(5):
+        B, T, d = (int(v) for v in torch.randint(1, 9, (3,), generator=gen))
+        h = torch.randn(B, T, d, generator=gen, dtype=F64)
+        lengths = torch.randint(1, T + 1, (B,), generator=gen)
+        expect_close(call_student(my_masked_mean, h.clone(), lengths.clone(), what=f"case {case}"),
+                     masked_mean(h, lengths), what=f"case {case}: h {(B, T, d)}, lengths {lengths.tolist()}",
+                     atol=1e-10, rtol=1e-10)
+
+
+@register("ex-ch09-template-voices", hint="One fraction per query voice: 'en' and the three HELDOUT_VOICES, each "
+                                          "a count of right templates out of 8.")
+def _check_template_voices(template_accuracy) -> None:
+    from mmlearn.speech import HELDOUT_VOICES
+
+    expected = {"en", *HELDOUT_VOICES}
+    if not isinstance(template_accuracy, dict) or set(template_accuracy) != expected:
+        raise CheckFailed(f"expected a dict with the keys {sorted(expected)}, got {template_accuracy!r}")
+    for voice, value in template_accuracy.items():
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1 or abs(8 * value - round(8 * value)) > 1e-9:
+            raise CheckFailed(f"{voice}: expected a fraction of the 8 queries (k/8), got {value!r}")
+    if template_accuracy["en"] != 1.0:
+        raise CheckFailed(f"with the templates' own voice every query should find its caption (measured: 8 of 8), "
+                          f"got {template_accuracy['en']!r}: check the features and the DTW cost")
