@@ -180,7 +180,7 @@ def greedy_decode(log_probs: torch.Tensor, input_lengths: torch.Tensor | None = 
 
 
 def prefix_beam_search(log_probs: torch.Tensor, beam_size: int = 8, blank: int = 0) -> list[int]:
-    """CTC prefix beam search for one utterance, ``log_probs`` (T, C): the most probable *labelling*.
+    """CTC prefix beam search for one utterance, ``log_probs`` (T, C): (an approximation to) the most probable *text*.
 
     Keeps, for each candidate prefix ℓ, two log probabilities: p_b(ℓ) (paths ending in a blank) and
     p_nb(ℓ) (ending in ℓ's last label). At each frame, a prefix is extended by c ≠ blank: from both
