@@ -22,7 +22,8 @@ from mmlearn.device import get_device, seed_everything
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "alignment", "attention", "autograd", "checks", "claims", "data", "device", "features", "fusion", "losses",
+    "alignment", "attention", "autograd", "checks", "claims", "data", "device", "features", "fusion", "generation",
+    "language_model", "losses",
     "metrics", "models", "optim", "preprocess", "speech", "train", "viz",
 )
 

@@ -468,6 +468,37 @@ def make_xor_modalities(n: int, *, dim: int = 8, noise: float = 0.5,
     return x_a.float(), x_b.float(), (z_a * z_b > 0).long()
 
 
+# ---- a real English corpus shipped with Python ---------------------------------------------------
+
+def load_pydoc_corpus(val_every: int = 10, min_dedup: int = 60) -> tuple[str, str]:
+    """Python's own documentation prose (``pydoc_data.topics.topics``: 79 topics of the language reference,
+    about 465,000 characters of English), split **by topic** into ``(train_text, val_text)``.
+
+    Topics are sorted by name; every ``val_every``-th one (index % val_every == val_every // 2) goes to
+    validation. The topics overlap (``naming`` repeats most of ``execmodel``), so the text is cut into
+    paragraphs (at blank lines; blank paragraphs dropped) and every paragraph of at least ``min_dedup``
+    characters is kept **once**: in validation if a validation topic contains it, otherwise at its first
+    occurrence in training.
+    Without this, three quarters of the validation text would also be training text. Paragraphs are
+    joined with a blank line; the result is the same on every machine.
+    """
+    from pydoc_data.topics import topics
+
+    val_every, min_dedup = require_int(val_every, "val_every", 2), require_int(min_dedup, "min_dedup", 1)
+    names = sorted(topics)
+    is_val = {n: i % val_every == val_every // 2 for i, n in enumerate(names)}
+    seen: set[str] = set()
+    parts: dict[bool, list[str]] = {True: [], False: []}
+    for val in (True, False):                                  # validation first: it keeps shared paragraphs
+        for n in (m for m in names if is_val[m] == val):
+            for para in re.split(r"\n(?:[ \t]*\n)+", topics[n].strip("\n")):
+                if not para.strip() or len(para) >= min_dedup and para in seen:
+                    continue
+                seen.add(para)
+                parts[val].append(para)
+    return "\n\n".join(parts[False]), "\n\n".join(parts[True])
+
+
 # ---- real samples shipped with matplotlib ------------------------------------------------------
 
 def load_photo() -> torch.Tensor:

@@ -30,11 +30,12 @@ from torch import nn
 from mmlearn._validate import require_floating, require_in, require_int, require_rank, require_tensor
 from mmlearn.attention import FeedForward, MultiHeadAttention, TransformerDecoder, TransformerEncoder
 from mmlearn.features import PatchEmbedding
-from mmlearn.losses import clip_loss
+from mmlearn.losses import clip_loss, siglip_loss
 
 __all__ = [
     "VisionTransformer", "TextTransformer", "CLIP", "zero_shot_classify", "GridEncoder", "Captioner",
     "GatedCrossAttention", "TinyVLM", "PAD_ID", "BOS_ID", "EOS_ID",
+    "SigLIP", "PerceiverResampler", "QFormer",
 ]
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
@@ -219,6 +220,38 @@ class CLIP(nn.Module):
         if len(image_emb) != len(text_emb):
             raise ValueError(f"need one text per image, got {len(image_emb)} images and {len(text_emb)} texts")
         return clip_loss(image_emb, text_emb, self.logit_scale)
+
+
+class SigLIP(CLIP):
+    """CLIP trained with SigLIP's pairwise sigmoid loss (Zhai et al., 2023), :func:`mmlearn.losses.siglip_loss`:
+
+        logits = e^s I T^T + b,    p(image i matches text j) = σ(logits_ij)
+
+    The encoders, projections and the in-place clamp of ``s`` are :class:`CLIP`'s (``CLIP`` itself is
+    unchanged); a learnable bias ``b`` is added. SigLIP starts at e^s = 10 (``init_temperature=0.1``) and
+    b = -10: each positive comes with N - 1 negatives, so a start that says "no match" to every pair
+    (σ(-10) ≈ 4.5e-5) costs almost nothing on the N² - N negatives and the first steps need not push
+    them all down. ``forward`` returns the logits with the bias, (N, M).
+    """
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int = 32, *,
+                 image_dim: int | None = None, text_dim: int | None = None, init_temperature: float = 0.1,
+                 init_bias: float = -10.0, max_scale: float = 100.0) -> None:
+        super().__init__(image_encoder, text_encoder, embed_dim, image_dim=image_dim, text_dim=text_dim,
+                         init_temperature=init_temperature, max_scale=max_scale)
+        if not isinstance(init_bias, (int, float)) or not math.isfinite(init_bias):
+            raise ValueError(f"init_bias must be a finite number, got {init_bias!r}")
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(images, ids, mask) + self.logit_bias                      # (N, M)
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Sigmoid loss over all N² pairs of the batch: pair (i, i) is positive, every (i, j ≠ i) negative."""
+        image_emb, text_emb = self.encode_image(images), self.encode_text(ids, mask)
+        if len(image_emb) != len(text_emb):
+            raise ValueError(f"need one text per image, got {len(image_emb)} images and {len(text_emb)} texts")
+        return siglip_loss(image_emb, text_emb, self.logit_scale, self.logit_bias)
 
 
 @torch.no_grad()
@@ -493,6 +526,90 @@ class TinyVLM(nn.Module):
                 out[r] = row[: row.index(self.eos_id)] if self.eos_id in row else row
         self.train(was_training)
         return out
+
+
+# ---- resamplers: a fixed number of tokens per image -----------------------------------------------
+
+def _require_tokens(x: object, dim: int, name: str = "x") -> torch.Tensor:
+    x = require_floating(require_rank(x, name, 3, f"(B, N, {dim})"), name)
+    if x.shape[-1] != dim or x.shape[1] == 0:
+        raise ValueError(f"{name} must be (B, N, {dim}) with N >= 1, got shape {tuple(x.shape)}")
+    return x
+
+
+class PerceiverResampler(nn.Module):
+    """Flamingo's Perceiver resampler (Alayrac et al., 2022): R learned latents read the N image tokens.
+
+        for each of the ``depth`` layers:
+            L <- L + MHA(q = LN(L), k = v = [LN(X); LN(L)])     the latents attend to the image AND to themselves
+            L <- L + FFN(LN(L))
+        out = LN(L)                                             (B, N, dim) -> (B, num_latents, dim)
+
+    The output has ``num_latents`` tokens whatever N is. Nothing here adds positions to X, so the output
+    does not depend on the order of the image tokens (attention treats its keys as a set); positions, if
+    wanted, come with the tokens. (Flamingo also adds learned time embeddings for video frames; one image
+    needs none.)
+    """
+
+    def __init__(self, dim: int, num_latents: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.dim = require_int(dim, "dim")
+        self.latents = nn.Parameter(torch.randn(require_int(num_latents, "num_latents"), dim))   # (R, dim)
+        self.layers = nn.ModuleList(nn.ModuleDict({
+            "norm_x": nn.LayerNorm(dim), "norm_l": nn.LayerNorm(dim), "attn": MultiHeadAttention(dim, num_heads),
+            "norm_ffn": nn.LayerNorm(dim), "ffn": FeedForward(dim, max(1, round(mlp_ratio * dim)))})
+            for _ in range(require_int(depth, "depth")))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _require_tokens(x, self.dim)                                         # (B, N, dim)
+        lat = self.latents.expand(len(x), -1, -1)                                # (B, R, dim)
+        for layer in self.layers:
+            q = layer["norm_l"](lat)
+            kv = torch.cat([layer["norm_x"](x), q], dim=1)                       # (B, N + R, dim)
+            lat = lat + layer["attn"](q, kv, kv)[0]
+            lat = lat + layer["ffn"](layer["norm_ffn"](lat))
+        return self.norm(lat)                                                    # (B, R, dim)
+
+
+class QFormer(nn.Module):
+    """The core of BLIP-2's Querying Transformer (Li et al., 2023): K learned queries, and in each layer
+
+        Q <- Q + SelfAttn(LN(Q))              the queries exchange what they found
+        Q <- Q + CrossAttn(LN(Q), X W_in)     and read the frozen image features
+        Q <- Q + FFN(LN(Q))
+        out = LN(Q) W_out                     (B, N, in_dim) -> (B, num_queries, out_dim)
+
+    Kept from BLIP-2: learned queries, self-attention among them, cross-attention to the image, an FFN,
+    and the final linear map into the language model's width. Dropped: the text branch that shares the
+    self-attention, the BERT initialisation, cross-attention only every other layer, and the first-stage
+    losses (contrastive, matching, captioning) — here it trains with the language model's loss only.
+    Pre-LayerNorm (BERT is post-LN). ``in_dim`` / ``out_dim`` default to ``dim``.
+    """
+
+    def __init__(self, dim: int, num_queries: int, depth: int, num_heads: int, *, in_dim: int | None = None,
+                 out_dim: int | None = None, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.dim, self.in_dim = require_int(dim, "dim"), require_int(in_dim or dim, "in_dim")
+        self.out_dim = require_int(out_dim or dim, "out_dim")
+        self.queries = nn.Parameter(torch.randn(require_int(num_queries, "num_queries"), dim))   # (K, dim)
+        self.proj_in, self.proj_out = nn.Linear(self.in_dim, dim), nn.Linear(dim, self.out_dim)
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(nn.ModuleDict({
+            "norm_self": nn.LayerNorm(dim), "self_attn": MultiHeadAttention(dim, num_heads),
+            "norm_cross": nn.LayerNorm(dim), "cross_attn": MultiHeadAttention(dim, num_heads),
+            "norm_ffn": nn.LayerNorm(dim), "ffn": FeedForward(dim, max(1, round(mlp_ratio * dim)))})
+            for _ in range(require_int(depth, "depth")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.proj_in(_require_tokens(x, self.in_dim))                      # (B, N, dim)
+        q = self.queries.expand(len(x), -1, -1)                                  # (B, K, dim)
+        for layer in self.layers:
+            h = layer["norm_self"](q)
+            q = q + layer["self_attn"](h, h, h)[0]
+            q = q + layer["cross_attn"](layer["norm_cross"](q), kv, kv)[0]
+            q = q + layer["ffn"](layer["norm_ffn"](q))
+        return self.proj_out(self.norm(q))                                       # (B, K, out_dim)
 
 
 # ---- a CNN that returns image tokens -------------------------------------------------------------

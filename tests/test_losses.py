@@ -19,6 +19,7 @@ from mmlearn.losses import (
     kl_divergence,
     log_softmax,
     logsumexp,
+    siglip_loss,
 )
 
 
@@ -174,7 +175,73 @@ def test_clip_loss_is_log_n_for_random_pairs_and_symmetric(device):
     (lambda: clip_loss(torch.randn(4, 3), torch.randn(5, 3), 1.0), r"text_emb must have the shape of image_emb"),
     (lambda: clip_loss(torch.randn(4, 3), torch.randn(4, 3), torch.ones(2)), "logit_scale must be a scalar"),
     (lambda: binary_cross_entropy_with_logits(torch.randn(3), torch.rand(4)), "target must have the shape"),
+    (lambda: siglip_loss(torch.randn(4, 3), torch.randn(4, 2), 1.0, -1.0), r"text_emb must have the shape"),
+    (lambda: siglip_loss(torch.randn(4), torch.randn(4), 1.0, -1.0), r"image_emb must be \(N, d\)"),
+    (lambda: siglip_loss(torch.randn(4, 3), torch.randn(4, 3), 1.0, torch.ones(2)), "logit_bias must be a scalar"),
+    (lambda: siglip_loss(torch.randn(4, 3), torch.randn(4, 3), torch.ones(3), 0.0), "logit_scale must be a scalar"),
+    (lambda: siglip_loss(torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3), 1.0, 0.0), "floating-point dtype"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---- SigLIP ---------------------------------------------------------------------------------------
+
+def _siglip_by_hand(img, txt, s, b):
+    """The formula term by term in Python floats: -(1/N) sum_ij log sigma(z_ij (e^s x_i.y_j + b))."""
+    n, total = len(img), 0.0
+    for i in range(n):
+        for j in range(n):
+            x = [v / math.sqrt(sum(u * u for u in img[i])) for v in img[i]]
+            y = [v / math.sqrt(sum(u * u for u in txt[j])) for v in txt[j]]
+            logit = math.exp(s) * sum(a * c for a, c in zip(x, y)) + b
+            z = 1.0 if i == j else -1.0
+            total += math.log1p(math.exp(-z * logit))                   # -log sigma(z l) = log(1 + e^{-z l})
+    return total / n
+
+
+def _siglip_naive(img, txt, s, b):
+    """The double loop on tensors (differentiable): the reference for the gradients."""
+    x, y = img / img.norm(dim=1, keepdim=True), txt / txt.norm(dim=1, keepdim=True)
+    n = len(x)
+    terms = [torch.log(torch.sigmoid((1 if i == j else -1) * (s.exp() * x[i] @ y[j] + b)))
+             for i in range(n) for j in range(n)]
+    return -torch.stack(terms).sum() / n
+
+
+@given(n=st.integers(1, 7), d=st.integers(1, 6), s=st.floats(-1.0, 3.0), b=st.floats(-12.0, 4.0),
+       seed=st.integers(0, 99))
+def test_siglip_loss_matches_the_formula_and_its_gradients(n, d, s, b, seed):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    txt = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(s, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    ours = siglip_loss(img, txt, scale, bias)
+    assert abs(ours.item() - _siglip_by_hand(img.tolist(), txt.tolist(), s, b)) < 1e-10
+    grads = torch.autograd.grad(ours, (img, txt, scale, bias))
+    ref_grads = torch.autograd.grad(_siglip_naive(img, txt, scale, bias), (img, txt, scale, bias))
+    for got, want in zip(grads, ref_grads):
+        assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_close(siglip_loss(img, txt, s, b), ours.detach())                # floats work too
+
+
+def test_siglip_loss_is_binary_cross_entropy_on_the_identity(device):
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(33, 8, generator=g, dtype=torch.float64).to(device)
+    txt = torch.randn(33, 8, generator=g, dtype=torch.float64).to(device)
+    logits = math.exp(2.0) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T - 3.0
+    eye = torch.eye(33, dtype=torch.float64, device=device)
+    want = F.binary_cross_entropy_with_logits(logits, eye, reduction="sum") / 33
+    assert_close(siglip_loss(img, txt, 2.0, -3.0), want, rtol=1e-12, atol=1e-12)
+
+
+def test_siglip_loss_is_stable_and_has_the_predicted_start(device):
+    img = torch.randn(64, 16, dtype=torch.float64, device=device)
+    assert torch.isfinite(siglip_loss(img, img, 50.0, -1e4))                # logits of +-1e21: still finite
+    # perfect, orthogonal pairs at e^s = 10, b = -10: the positives cost log(1 + e^{-0}) each, the negatives
+    # log(1 + e^{-10}) each: L = log 2 + (N - 1) log(1 + e^{-10})
+    eye = torch.eye(64, dtype=torch.float64, device=device)
+    want = math.log(2) + 63 * math.log1p(math.exp(-10))
+    assert abs(siglip_loss(eye, eye, math.log(10), -10.0).item() - want) < 1e-12

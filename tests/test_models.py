@@ -16,6 +16,9 @@ from mmlearn.models import (
     Captioner,
     GatedCrossAttention,
     GridEncoder,
+    PerceiverResampler,
+    QFormer,
+    SigLIP,
     TextTransformer,
     TinyVLM,
     VisionTransformer,
@@ -421,3 +424,118 @@ def test_tiny_vlm_generate(device):
                                                                                    device=device))
     with pytest.raises(ValueError, match="one text per image"):
         model(torch.rand(3, 3, 8, 8, device=device), prompts)
+
+
+# ---- SigLIP -------------------------------------------------------------------------------------
+
+def test_siglip_is_clip_with_a_bias_and_the_sigmoid_loss(device):
+    torch.manual_seed(0)
+    model = SigLIP(VectorEncoder(6, 8), VectorEncoder(6, 8), 4).double().to(device)
+    assert model.logit_scale.item() == pytest.approx(math.log(10.0)) and model.logit_bias.item() == -10.0
+    x, t = torch.randn(5, 6, device=device, dtype=torch.float64), torch.randn(5, 6, device=device, dtype=torch.float64)
+    img, txt = model.encode_image(x), model.encode_text(t)
+    logits = model.logit_scale.exp() * img @ txt.T - 10.0        # e^s = 10 up to the float32 rounding of log 10
+    torch.testing.assert_close(model(x, t), logits)
+    by_hand = -sum(F.logsigmoid((1.0 if i == j else -1.0) * logits[i, j]) for i in range(5) for j in range(5)) / 5
+    torch.testing.assert_close(model.loss(x, t), by_hand)
+    model.loss(x, t).backward()
+    assert model.logit_bias.grad is not None and model.logit_bias.grad.item() != 0.0
+    assert not hasattr(CLIP(VectorEncoder(3, 4), VectorEncoder(3, 4)), "logit_bias")   # CLIP unchanged
+    with pytest.raises(ValueError, match="init_bias must be a finite number"):
+        SigLIP(VectorEncoder(3, 4), VectorEncoder(3, 4), init_bias=float("nan"))
+    with pytest.raises(ValueError, match="one text per image"):
+        model.loss(x, t[:3])
+
+
+def test_siglip_learns(device):
+    torch.manual_seed(0)
+    concepts = torch.randn(16, 8)
+    model = SigLIP(VectorEncoder(8, 16), VectorEncoder(8, 16), 8).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(200):
+        c = concepts[torch.randperm(16)].to(device)
+        loss = model.loss(c + 0.1 * torch.randn_like(c), c @ torch.eye(8, device=device).flip(0))
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.clamp_logit_scale_()
+    assert loss.item() < 0.2 * first
+    assert (model(c, c @ torch.eye(8, device=device).flip(0)).argmax(1) == torch.arange(16, device=device)).all()
+
+
+# ---- resamplers ---------------------------------------------------------------------------------
+
+def _torch_mha(ours, dim, heads):
+    ref = nn.MultiheadAttention(dim, heads, batch_first=True).double()
+    ref.load_state_dict(ours.state_dict())
+    return lambda q, kv: ref(q, kv, kv, need_weights=False)[0]
+
+
+def test_perceiver_resampler_matches_a_torch_reference(device):
+    torch.manual_seed(0)
+    dim, heads = 8, 2
+    model = PerceiverResampler(dim, 3, 2, heads).double().to(device)
+    x = torch.randn(4, 7, dim, dtype=torch.float64, device=device)
+    lat = model.latents.expand(4, -1, -1)
+    for layer in model.layers:                       # Flamingo: keys and values are [image tokens; latents]
+        mha = _torch_mha(layer["attn"], dim, heads)
+        q = layer["norm_l"](lat)
+        lat = lat + mha(q, torch.cat([layer["norm_x"](x), q], dim=1))
+        lat = lat + layer["ffn"](layer["norm_ffn"](lat))
+    torch.testing.assert_close(model(x), F.layer_norm(lat, (dim,), model.norm.weight, model.norm.bias))
+
+
+@pytest.mark.parametrize("cls", [PerceiverResampler, QFormer])
+def test_resamplers_shapes_and_permutation_invariance(device, cls):
+    torch.manual_seed(1)
+    model = cls(16, 5, 2, 4).double().to(device)
+    for n in (1, 9, 40):                             # always 5 output tokens, whatever the number of inputs
+        assert model(torch.randn(3, n, 16, dtype=torch.float64, device=device)).shape == (3, 5, 16)
+    x = torch.randn(2, 12, 16, dtype=torch.float64, device=device)
+    perm = torch.randperm(12, device=device)
+    torch.testing.assert_close(model(x[:, perm]), model(x), rtol=1e-12, atol=1e-12)
+    other = x.clone()
+    other[:, 0] = torch.randn(16, dtype=torch.float64, device=device)   # ... but it depends on the tokens
+    assert not torch.allclose(model(other), model(x))
+    model(x).sum().backward()
+    assert model.latents.grad.abs().sum() > 0 if cls is PerceiverResampler else model.queries.grad.abs().sum() > 0
+
+
+def test_qformer_matches_a_torch_reference(device):
+    torch.manual_seed(0)
+    dim, heads = 8, 2
+    model = QFormer(dim, 3, 2, heads, in_dim=5, out_dim=6).double().to(device)
+    x = torch.randn(4, 7, 5, dtype=torch.float64, device=device)
+    kv, q = model.proj_in(x), model.queries.expand(4, -1, -1)
+    for layer in model.layers:                       # self-attention, cross-attention to the image, FFN
+        h = layer["norm_self"](q)
+        q = q + _torch_mha(layer["self_attn"], dim, heads)(h, h)
+        q = q + _torch_mha(layer["cross_attn"], dim, heads)(layer["norm_cross"](q), kv)
+        q = q + layer["ffn"](layer["norm_ffn"](q))
+    torch.testing.assert_close(model(x), model.proj_out(model.norm(q)))
+    assert model(x).shape == (4, 3, 6)
+
+
+def test_resamplers_in_a_tiny_vlm(device):
+    for connector in (PerceiverResampler(16, 3, 1, 2), QFormer(16, 3, 1, 2)):
+        model = TinyVLM(TokenEncoder(), V, dim=16, depth=1, num_heads=2, max_len=12, connector=connector).to(device)
+        images = torch.rand(2, 3, 8, 8, device=device)
+        assert model.image_tokens(images).shape == (2, 3, 16)          # 3 LM tokens instead of the encoder's 4
+        assert model(images, torch.tensor([[2, 4, 5]] * 2, device=device)).shape == (2, 3, V)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: PerceiverResampler(8, 2, 1, 2)(torch.randn(2, 5, 6)), r"x must be \(B, N, 8\) with N >= 1"),
+    (lambda: PerceiverResampler(8, 2, 1, 2)(torch.randn(5, 8)), r"x must be \(B, N, 8\), got shape \(5, 8\)"),
+    (lambda: PerceiverResampler(8, 2, 1, 2)(torch.randn(2, 0, 8)), r"with N >= 1, got shape \(2, 0, 8\)"),
+    (lambda: PerceiverResampler(8, 2, 1, 2)(torch.ones(2, 3, 8, dtype=torch.long)), "floating-point dtype"),
+    (lambda: PerceiverResampler(8, 0, 1, 2), "num_latents must be an int >= 1"),
+    (lambda: PerceiverResampler(8, 2, 1, 3), "dim must be divisible by num_heads"),
+    (lambda: QFormer(8, 2, 0, 2), "depth must be an int >= 1"),
+    (lambda: QFormer(8, 2, 1, 2, in_dim=5)(torch.randn(2, 3, 8)), r"x must be \(B, N, 5\)"),
+])
+def test_resampler_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -82,8 +82,15 @@ def exercise_labels(nb: nbformat.NotebookNode) -> list[str]:
     return [m for c in nb.cells if c.cell_type == "code" for m in CHECK_CALL.findall(c.source)]
 
 
+NOTEBOOK_STATE = "uses-notebook-state"  # tag: a solution cell of an open experiment that reads the notebook's models
+
+
 def exercises_only(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The setup cell plus the Exercises section: what the convention says exercises may use."""
+    """The setup cell plus the Exercises section: what the convention says exercises may use.
+
+    A solution cell tagged ``uses-notebook-state`` (an open experiment on the models the notebook trained)
+    runs only in the full notebook, so it is left out here, as the grader leaves it out.
+    """
     out = copy.deepcopy(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     heads = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and re.match(r"##\s+Exercises\b", c.source)]
@@ -92,7 +99,8 @@ def exercises_only(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     refs = [i for i, c in enumerate(nb.cells) if i > heads[0] and c.cell_type == "markdown"
             and re.match(r"##\s+References\b", c.source)]
     end = refs[0] if refs else len(nb.cells)
-    out.cells = [copy.deepcopy(code[0])] + [copy.deepcopy(c) for c in nb.cells[heads[0]:end]]
+    out.cells = [copy.deepcopy(code[0])] + [copy.deepcopy(c) for c in nb.cells[heads[0]:end]
+                                            if NOTEBOOK_STATE not in c.metadata.get("tags", [])]
     return out
 
 
