@@ -9,34 +9,12 @@ executing every notebook a second time (CI relies on it: each notebook executes 
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 
 import nbformat
 import pytest
-from jupyter_cache import get_cache
-from jupyter_cache.base import CacheBundleIn
+from bookcache import readers_configuration, store_in_book_cache  # tools/ (tests/conftest.py)
 from notebook_utils import NOTEBOOKS, ROOT, execute, verdicts
-
-CACHE = ROOT / "_build" / ".jupyter_cache"  # execute.cache in _config.yml
-
-
-def readers_configuration() -> bool:
-    """Outputs worth showing in the book: the default seed, the default device choice, no overrides."""
-    return all(os.environ.get(k, "").strip() in ("", "0") for k in ("MMLEARN_SEED", "MMLEARN_TF32")) \
-        and not os.environ.get("MMLEARN_DEVICE") and not os.environ.get("MMLEARN_FULL")
-
-
-def store_in_book_cache(nb: nbformat.NotebookNode, path, seconds: float) -> None:
-    """Add an executed notebook to the book's jupyter-cache (one writer at a time: xdist runs two)."""
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)  # nbclient's timestamps: cell metadata is part of the cache's hash
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with open(CACHE.parent / ".jupyter_cache.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        get_cache(str(CACHE)).cache_notebook_bundle(
-            CacheBundleIn(nb, str(path), data={"execution_seconds": seconds}), check_validity=False, overwrite=True)
 
 
 @pytest.mark.notebook
