@@ -46,10 +46,19 @@ def arrow(ax, a, b):
                                  connectionstyle="arc3,rad=0"))
 
 
-def snake(items):
-    """Positions for six boxes in two rows read as a snake: left to right, down, right to left."""
-    pos = [(0, 1.75), (3.2, 1.75), (6.4, 1.75), (6.4, 0), (3.2, 0), (0, 0)]
-    return {key: (*pos[i], *rest) for i, (key, rest) in enumerate(items.items())}
+def snake(items, cols=3):
+    """Positions for boxes read as a snake: ``cols`` per row, left to right, down, right to left, down, …"""
+    out = {}
+    for i, (key, rest) in enumerate(items.items()):
+        row, col = divmod(i, cols)
+        col = col if row % 2 == 0 else cols - 1 - col
+        out[key] = (3.2 * col, -1.75 * row, *rest)
+    return out
+
+
+def chain(keys):
+    """Arrows between consecutive boxes."""
+    return list(zip(keys, keys[1:]))
 
 
 def roadmap(name, title, nodes, edges, width=9.5, height=4.0):
@@ -73,20 +82,26 @@ def roadmap(name, title, nodes, edges, width=9.5, height=4.0):
 def main():
     roadmap("ch02", "Chapter 2 — from raw signals to tensors a model can read", {
         "in": (0, 0, "in", "Chapter 1", ["modalities as tensors", "ShapesWorld"]),
-        "img": (3.2, 1.5, "nb", "Images", ["normalise, standardise", "grey, Otsu, resize", "aliasing, augmentation"]),
+        "img": (3.2, 1.6, "nb", "Images", ["normalise, standardise", "grey, Otsu, resize", "augmentation"]),
+        "light": (6.4, 1.6, "nb", "Light and sampling", ["sRGB vs linear light", "kernels, aliasing", "invariance measured"]),
         "txt": (3.2, 0, "nb", "Text", ["UTF-8, tokenisers", "byte-level BPE", "padding + mask"]),
-        "aud": (3.2, -1.5, "nb", "Audio", ["sampling, resampling", "STFT, mel, MFCC"]),
-        "lib": (6.4, 0, "out", "mmlearn.preprocess", ["one tested function", "per step"]),
-        "out": (9.6, 0, "out", "Chapter 3", ["encoders read these", "tensors"]),
-    }, [("in", "img"), ("in", "txt"), ("in", "aud"), ("img", "lib"), ("txt", "lib"), ("aud", "lib"),
-        ("lib", "out")], height=4.4)
+        "sub": (6.4, 0, "nb", "Subwords", ["Unicode forms, Zipf", "BPE, WordPiece, Unigram", "Chinese segmentation"]),
+        "aud": (3.2, -1.6, "nb", "Audio", ["sampling, resampling", "STFT, mel, MFCC"]),
+        "spec": (6.4, -1.6, "nb", "Spectral analysis", ["DFT, leakage, windows", "inverse STFT", "CMVN, SpecAugment"]),
+        "lib": (9.6, 0, "out", "mmlearn.preprocess", ["one tested function", "per step"]),
+        "out": (12.8, 0, "out", "Chapter 3", ["encoders read these", "tensors"]),
+    }, [("in", "img"), ("in", "txt"), ("in", "aud"), ("img", "light"), ("txt", "sub"), ("aud", "spec"),
+        ("light", "lib"), ("sub", "lib"), ("spec", "lib"), ("lib", "out")], width=12.5, height=4.6)
     roadmap("ch03", "Chapter 3 — one encoder per modality, and what each knows alone", {
         "in": (0, 0, "in", "Chapter 2", ["image, token and", "spectrogram tensors"]),
-        "cnn": (3.2, 1.5, "nb", "CNNs", ["conv2d: loops, im2col", "pooling, receptive field", "CNNEncoder"]),
-        "rnn": (3.2, -1.5, "nb", "RNN, LSTM, GRU", ["cells vs nn.LSTM", "BPTT, vanishing gradient", "Text/AudioEncoder"]),
-        "pb": (6.4, 0, "nb", "Patches + baselines", ["patch embedding = conv", "unimodal accuracy", "per task"]),
-        "out": (9.6, 0, "out", "Chapters 4, 6, 7", ["encoders to fuse", "baselines to beat"]),
-    }, [("in", "cnn"), ("in", "rnn"), ("cnn", "pb"), ("rnn", "pb"), ("pb", "out")], height=4.4)
+        "cnn": (3.2, 1.6, "nb", "CNNs", ["conv2d: loops, im2col", "pooling, receptive field", "CNNEncoder"]),
+        "cnnb": (6.4, 1.6, "nb", "CNNs, deeper", ["the backward pass", "equivariance measured", "norms, residuals"]),
+        "rnn": (3.2, -1.6, "nb", "RNN, LSTM, GRU", ["cells vs nn.LSTM", "BPTT, vanishing gradient", "Text/AudioEncoder"]),
+        "rnnl": (6.4, -1.6, "nb", "Long range", ["bidirectional, stacked", "truncated BPTT", "the adding problem"]),
+        "pb": (9.6, 0, "nb", "Patches + baselines", ["patch embedding = conv", "unimodal accuracy", "per task"]),
+        "out": (12.8, 0, "out", "Chapters 4, 6, 7", ["encoders to fuse", "baselines to beat"]),
+    }, [("in", "cnn"), ("cnn", "cnnb"), ("in", "rnn"), ("rnn", "rnnl"), ("cnnb", "pb"), ("rnnl", "pb"),
+        ("pb", "out")], width=12.5, height=4.6)
     roadmap("ch04", "Chapter 4 — where and how modalities meet", snake({
         "in": ("in", "Chapter 3", ["encoders and", "unimodal baselines"]),
         "op": ("nb", "Fusion operators", ["additive vs", "multiplicative", "parameter counts"]),
