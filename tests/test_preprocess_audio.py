@@ -225,3 +225,133 @@ def test_bad_input_raises_value_error():
         dct_matrix(20, 10)
     with pytest.raises(ValueError, match="n_mfcc must be <= n_mels"):
         mfcc(torch.randn(4000), 8000, n_mfcc=50, n_mels=40)
+
+
+# ---- spectral analysis: windows, overlap-add, inverse STFT, dBFS, CMVN, SpecAugment ---------------
+
+from mmlearn.preprocess.audio import cmvn, dbfs, istft_ola, overlap_add, spec_augment, window_sidelobes  # noqa: E402
+
+
+@pytest.mark.parametrize("name,width,sidelobe", [("ones", 2, -13.26), ("hann_window", 4, -31.47),
+                                                 ("hamming_window", 4, -42.68), ("blackman_window", 6, -58.11)])
+def test_window_sidelobes_match_closed_forms(name, width, sidelobe):
+    # null-to-null widths 2K bins for a K-term cosine window; side lobes of the large-N limit (Harris 1978)
+    n = 512
+    w = torch.ones(n, dtype=F64) if name == "ones" else getattr(torch, name)(n, dtype=F64)
+    got_width, got_db = window_sidelobes(w)
+    assert got_width == width
+    assert abs(got_db - sidelobe) < 0.05
+
+
+def test_overlap_add_is_the_adjoint_of_frame():
+    # <frame(x), Y> == <x, overlap_add(Y)> for every x and Y: OLA is frame's transpose
+    g = torch.Generator().manual_seed(3)
+    for L, hop, n_frames in [(8, 3, 5), (16, 16, 4), (10, 1, 7)]:
+        T = L + hop * (n_frames - 1)
+        x, Y = torch.randn(T, generator=g, dtype=F64), torch.randn(n_frames, L, generator=g, dtype=F64)
+        torch.testing.assert_close((frame(x, L, hop) * Y).sum(), (x * overlap_add(Y, hop)).sum())
+
+
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")
+@given(st.integers(8, 96), st.integers(1, 4), st.integers(0, 300), st.booleans(), st.booleans(),
+       st.sampled_from(["hann", "hamming", "ones"]), st.integers(-20, 20))
+def test_istft_ola_equals_torch_istft(n_fft, hop_div, extra, batched, center, kind, length_delta):
+    hop = max(1, n_fft // hop_div // 2) if kind == "hann" else max(1, n_fft // hop_div)
+    window = {"hann": torch.hann_window, "hamming": torch.hamming_window,
+              "ones": lambda n, dtype: torch.ones(n, dtype=dtype)}[kind](n_fft, dtype=F64)
+    if kind == "hann" and not center:
+        window = torch.hamming_window(n_fft, dtype=F64)     # Hann is 0 at n = 0: NOLA fails at the first sample
+    T = n_fft + extra
+    x = torch.randn((2, T) if batched else (T,), dtype=F64)
+    spec = torch.stft(x, n_fft, hop, window=window, center=center, return_complex=True)
+    length = T + length_delta if center and T + length_delta > 0 else None
+    ref = torch.istft(spec, n_fft, hop, window=window, center=center, length=length)
+    torch.testing.assert_close(istft_ola(spec, n_fft, hop, window=window, center=center, length=length), ref,
+                               atol=1e-10, rtol=1e-10)
+
+
+def test_istft_ola_reconstructs_the_signal(device):
+    x = torch.randn(3, 4000, dtype=F64, device=device)
+    w = torch.hann_window(400, dtype=F64, device=device)
+    spec = stft(x, 400, 100, window=w)
+    torch.testing.assert_close(istft_ola(spec, 400, 100, window=w, length=4000), x, atol=1e-12, rtol=0)
+    x32 = x.float()
+    spec32 = torch.stft(x32, 256, 64, window=torch.hann_window(256, device=device), return_complex=True)
+    out = istft_ola(spec32, 256, 64, window=torch.hann_window(256, device=device), length=4000)
+    assert out.dtype == torch.float32 and out.device.type == device.type
+    torch.testing.assert_close(out, x32, atol=1e-5, rtol=1e-5)
+
+
+def test_dbfs_of_reference_signals():
+    n = torch.arange(16000, dtype=F64)
+    sine = torch.sin(2 * math.pi * 1000 * n / 16000)                      # whole periods: exact RMS 1/√2
+    assert abs(dbfs(sine).item()) < 1e-9
+    assert abs(dbfs(0.5 * sine).item() - 20 * math.log10(0.5)) < 1e-9
+    square = torch.sign(torch.sin(2 * math.pi * (n + 0.5) / 16))           # ±1, no zeros
+    assert abs(dbfs(square).item() - 10 * math.log10(2)) < 1e-9
+    torch.testing.assert_close(dbfs(torch.stack([sine, square])), torch.stack([dbfs(sine), dbfs(square)]))
+
+
+def test_cmvn_normalises_and_removes_a_constant_offset(device):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 13, 50, generator=g, dtype=F64) * 3 + 5).to(device)
+    y = cmvn(x, eps=0.0)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 13, dtype=F64, device=device), atol=1e-12, rtol=0)
+    torch.testing.assert_close(y.std(-1, unbiased=False), torch.ones(2, 13, dtype=F64, device=device))
+    ref = (x - x.mean(-1, keepdim=True)) / x.std(-1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(y, ref)
+    offset = torch.randn(13, 1, dtype=F64, device=device)                  # a fixed gain per channel, in log
+    torch.testing.assert_close(cmvn(x + offset, variance=False), cmvn(x, variance=False))
+    torch.testing.assert_close(cmvn(x + offset), cmvn(x))
+
+
+def test_spec_augment_masks_contiguous_bands_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 40, 120, dtype=F64) + 1.0                           # all values >= 1: masks are the zeros
+    y = spec_augment(x, freq_masks=2, freq_width=8, time_masks=3, time_width=12, generator=g)
+    assert y.shape == x.shape
+    for spec_x, spec_y in zip(x, y):
+        masked = spec_y == 0
+        rows, cols = masked.all(1), masked.all(0)                          # whole channels / whole frames
+        torch.testing.assert_close(spec_y[~masked], spec_x[~masked])
+        assert torch.equal(masked, rows[:, None] | cols[None, :])          # every zero lies in a band
+        assert rows.sum() <= 2 * 8 and cols.sum() <= 3 * 12
+    same = spec_augment(x, freq_masks=2, freq_width=8, time_masks=3, time_width=12,
+                        generator=torch.Generator().manual_seed(5))
+    assert torch.equal(same, y)                                            # seeded: reproducible
+    assert torch.equal(spec_augment(x, freq_masks=0, time_masks=0), x)
+
+
+def test_spec_augment_mask_widths_are_uniform():
+    # one mask of width ~ U{0..F}: the masked fraction has mean (F / 2) / n_mels
+    g = torch.Generator().manual_seed(0)
+    y = spec_augment(torch.ones(4000, 32, 4, dtype=F64), freq_masks=1, freq_width=10, time_masks=0, generator=g)
+    masked_rows = (y[:, :, 0] == 0).sum(1).to(F64)                       # width of each mask
+    assert set(masked_rows.long().tolist()) == set(range(11))
+    assert abs(masked_rows.mean().item() - 5.0) < 4 * masked_rows.std().item() / math.sqrt(4000)
+
+
+def test_spectral_bad_input_raises_value_error():
+    spec = torch.stft(torch.randn(1000), 64, 16, window=torch.hann_window(64), return_complex=True)
+    with pytest.raises(ValueError, match="n_fft//2 \\+ 1 = 65 rows"):
+        istft_ola(spec, 128, 16)
+    with pytest.raises(ValueError, match="must be complex"):
+        istft_ola(spec.abs(), 64, 16)
+    with pytest.raises(ValueError, match="window must have length n_fft=64"):
+        istft_ola(spec, 64, 16, window=torch.ones(32))
+    with pytest.raises(ValueError, match="NOLA"):
+        istft_ola(spec, 64, 16, window=torch.hann_window(64), center=False)
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        window_sidelobes(torch.ones(2))
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        window_sidelobes(torch.ones(2, 8))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        cmvn(torch.randn(13, 1))
+    with pytest.raises(ValueError, match=r"\(\.\.\., C, T\)"):
+        cmvn(torch.randn(13))
+    with pytest.raises(ValueError, match="floating-point"):
+        dbfs(torch.arange(10))
+    with pytest.raises(ValueError, match="freq_width <= n_mels=40"):
+        spec_augment(torch.randn(40, 100), freq_width=41)
+    with pytest.raises(ValueError, match="time_masks must be an int"):
+        spec_augment(torch.randn(40, 100), time_masks=-1)

@@ -1,12 +1,21 @@
-"""Checks for the exercises of notebooks/02_preprocessing_audio.ipynb."""
+"""Checks for the exercises of notebooks/02_preprocessing_audio.ipynb and 02_preprocessing_audio_spectral.ipynb."""
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
 
-from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+from mmlearn.checks import (
+    CheckFailed,
+    call_student,
+    expect_close,
+    expect_equal,
+    expect_number,
+    fresh_generator,
+    register,
+)
 from mmlearn.preprocess.audio import hz_to_mel, mel_to_hz
 
 
@@ -86,3 +95,61 @@ def _check_color(predict_color) -> None:
         wrong = int((pred != truth).nonzero()[0])
         raise CheckFailed(f"accuracy {acc:.0%} on 60 fresh scenes (need ≥ 95%); e.g. scene {wrong} "
                           f"({batch.captions[wrong]!r}): predicted {int(pred[wrong])}, expected {int(truth[wrong])}")
+
+
+# ---- notebooks/02_preprocessing_audio_spectral.ipynb -----------------------------------------------
+
+@register("ex-ch02-spec-fft-convolve",
+          hint="Zero-pad both signals to len(x) + len(h) - 1 before the FFT, so that no index wraps round.")
+def _check_fft_convolve(fft_convolve) -> None:
+    gen = fresh_generator()
+    for case in range(8):
+        nx, nh = (int(v) for v in torch.randint(1, 70, (2,), generator=gen))
+        x = torch.randn(nx, generator=gen, dtype=torch.float64)
+        h = torch.randn(nh, generator=gen, dtype=torch.float64)
+        expected = torch.nn.functional.conv1d(x[None, None], h.flip(0)[None, None], padding=nh - 1)[0, 0]
+        got = call_student(fft_convolve, x, h, what=f"case {case}: fft_convolve(x of length {nx}, h of length {nh})")
+        expect_close(got, expected, atol=1e-9, rtol=1e-9,
+                     what=f"case {case}: fft_convolve(x of length {nx}, h of length {nh}) (length {nx + nh - 1})")
+
+
+@register("ex-ch02-spec-hann-dtft",
+          hint="Write the cosine as two complex exponentials; each gives a Dirichlet kernel shifted by one bin.")
+def _check_hann_dtft(hann_dtft) -> None:
+    gen = fresh_generator()
+    for case in range(6):
+        N = int(torch.randint(8, 300, (1,), generator=gen))
+        nu = torch.rand(12, generator=gen, dtype=torch.float64) * N / 2
+        nu = torch.where((nu - nu.round()).abs() < 1e-3, nu + 0.25, nu)            # non-integer frequencies
+        n = torch.arange(N, dtype=torch.float64)
+        w = torch.hann_window(N, dtype=torch.float64)
+        expected = (w * torch.exp(-2j * math.pi * nu[:, None] * n / N)).sum(1)
+        got = call_student(hann_dtft, N, nu.clone(), what=f"case {case}: hann_dtft({N}, nu)")
+        if isinstance(got, torch.Tensor) and not got.is_complex():
+            raise CheckFailed(f"case {case}: hann_dtft must return a complex tensor (magnitude and phase), "
+                              f"got dtype {got.dtype}")
+        expect_close(got, expected, atol=1e-8 * N, rtol=1e-8, what=f"case {case}: hann_dtft({N}, nu) (complex)")
+
+
+@register("ex-ch02-spec-ola-normaliser",
+          hint="Expand the squared Hann window into cosines; shifted by N/R, the cosine terms cancel for R ≥ 3.")
+def _check_hann_ola_normaliser(hann_ola_normaliser) -> None:
+    gen = fresh_generator()
+    for case in range(8):
+        R = int(torch.randint(3, 9, (1,), generator=gen))
+        hop = int(torch.randint(4, 65, (1,), generator=gen))
+        n_fft = R * hop
+        w2 = torch.hann_window(n_fft, dtype=torch.float64) ** 2
+        m = torch.arange(n_fft)
+        expected = sum(w2[(m - t * hop) % n_fft] for t in range(R))            # every m is covered by R frames
+        assert float(expected.max() - expected.min()) < 1e-9
+        got = call_student(hann_ola_normaliser, n_fft, hop, what=f"case {case}: hann_ola_normaliser({n_fft}, {hop})")
+        expect_number(got, float(expected.mean()), what=f"case {case}: hann_ola_normaliser({n_fft}, {hop})",
+                      tol=1e-9 * n_fft)
+
+
+@register("ex-ch02-spec-resolution",
+          hint="Scan the separation upwards in steps of 0.01 bin; count local maxima of a zero-padded spectrum.")
+def _check_resolution(answer) -> None:
+    expect_number(answer, 1.89, what="smallest separation (bins) at which two in-phase tones show two peaks "
+                                     "(Hann window)", tol=0.12)

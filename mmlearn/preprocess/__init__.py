@@ -17,7 +17,7 @@ _IMAGE = ("normalize", "standardize", "channel_stats", "to_grayscale", "otsu_thr
 _TEXT = ("WordTokenizer", "CharTokenizer", "BPETokenizer", "Vocab", "remove_stopwords", "pad_sequences",
          "ENGLISH_STOPWORDS", "CHINESE_STOPWORDS", "WordPieceTokenizer", "max_match")
 _AUDIO = ("resample", "frame", "stft", "mel_filterbank", "log_mel_spectrogram", "mfcc", "dft_matrix", "dct_matrix",
-          "hz_to_mel", "mel_to_hz")
+          "hz_to_mel", "mel_to_hz", "window_sidelobes", "overlap_add", "istft_ola", "dbfs", "cmvn", "spec_augment")
 
 _WHERE = {**{n: "image" for n in _IMAGE}, **{n: "text" for n in _TEXT}, **{n: "audio" for n in _AUDIO}}
 __all__ = sorted(_WHERE)

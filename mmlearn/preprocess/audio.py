@@ -7,7 +7,10 @@ returns tensors on the input's device and dtype (complex for the STFT).
 - :func:`frame` — overlapping frames (equals ``x.unfold(-1, frame_length, hop_length)``);
 - :func:`stft` — equals ``torch.stft(x, n_fft, hop_length, window=window, center=center,
   pad_mode="reflect", return_complex=True)``, computed with a DFT matrix;
-- :func:`mel_filterbank`, :func:`log_mel_spectrogram`, :func:`mfcc` (HTK mel scale, DCT-II).
+- :func:`mel_filterbank`, :func:`log_mel_spectrogram`, :func:`mfcc` (HTK mel scale, DCT-II);
+- spectral analysis (notebook 02_preprocessing_audio_spectral): :func:`window_sidelobes` (main-lobe
+  width and highest side lobe of a window), :func:`overlap_add`, :func:`istft_ola` (weighted overlap-add, equals
+  ``torch.istft``), :func:`dbfs`, :func:`cmvn` and :func:`spec_augment`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mmlearn._validate import require_floating, require_rank
+from mmlearn._validate import require_floating, require_int, require_min_rank, require_rank, require_tensor
 
 _WAVE = "(T,) or (N, T)"
 
@@ -250,3 +253,130 @@ def mfcc(x: torch.Tensor, sample_rate: int, n_mfcc: int = 13, n_fft: int = 256, 
         raise ValueError(f"n_mfcc must be <= n_mels={n_mels}, got {n_mfcc}")
     D = dct_matrix(n_mfcc, n_mels, dtype=logmel.dtype, device=logmel.device)
     return D @ logmel                                                                            # (..., n_mfcc, F)
+
+
+# ---- spectral analysis: windows, inverse STFT, levels, normalisation, augmentation ----------------
+
+def window_sidelobes(window: torch.Tensor, oversample: int = 64) -> tuple[float, float]:
+    """Main-lobe width (null to null, in DFT bins) and highest side-lobe level (dB) of a window.
+
+    The window's spectrum W(ν) = Σ_n w[n] e^{−2πiνn/N} is sampled every 1/``oversample`` bin by a
+    zero-padded FFT. The first null ν₁ is the first local minimum of |W| right of ν = 0; the main
+    lobe spans [−ν₁, ν₁] (width 2ν₁) and the highest side lobe is max_{ν > ν₁} 20 log₁₀(|W(ν)| / |W(0)|).
+    """
+    window = require_floating(require_rank(window, "window", 1, "(N,)"), "window")
+    if window.shape[0] < 4:
+        raise ValueError(f"window must have at least 4 samples, got shape {tuple(window.shape)}")
+    oversample = _positive_int(oversample, "oversample")
+    w = window.detach().to("cpu", torch.float64)
+    mag = torch.fft.rfft(w, n=oversample * len(w)).abs()                      # |W(ν)|, ν = j / oversample
+    rising = (mag[1:-1] < mag[:-2]) & (mag[1:-1] <= mag[2:])                   # local minima
+    first_null = int(rising.nonzero()[0]) + 1
+    db = 20 * torch.log10(mag / mag[0] + 1e-300)
+    return 2 * first_null / oversample, float(db[first_null:].max())
+
+
+def overlap_add(frames: torch.Tensor, hop_length: int) -> torch.Tensor:
+    """Overlap-add: out[..., m] = Σ_t frames[..., t, m − t · hop_length], length L + hop · (T_f − 1).
+
+    ``frames`` is ``(..., T_f, L)``; the adjoint of :func:`frame`.
+    """
+    frames = require_min_rank(frames, "frames", 2, "(..., n_frames, frame_length)")
+    hop = _positive_int(hop_length, "hop_length")
+    n_frames, L = frames.shape[-2:]
+    dev = frames.device
+    idx = (torch.arange(n_frames, device=dev)[:, None] * hop + torch.arange(L, device=dev)).flatten()  # (T_f·L,)
+    out = frames.new_zeros(*frames.shape[:-2], L + hop * (n_frames - 1))
+    return out.index_add_(-1, idx, frames.flatten(-2))
+
+
+def istft_ola(spec: torch.Tensor, n_fft: int, hop_length: int | None = None, window: torch.Tensor | None = None,
+              center: bool = True, length: int | None = None) -> torch.Tensor:
+    """Inverse STFT by weighted overlap-add; equals ``torch.istft`` with the same arguments.
+
+    Each column is inverted, y_t[n] = w[n] · IDFT(X[:, t])[n], and the frames are added at t · hop:
+
+        x̂[m] = Σ_t y_t[m − t·hop] / Σ_t w²[m − t·hop]
+
+    exact wherever the normaliser Σ_t w²[m − t·hop] ≠ 0 (the NOLA condition). ``spec`` is
+    ``(n_fft//2 + 1, n_frames)`` or ``(N, n_fft//2 + 1, n_frames)``; ``center`` drops n_fft // 2 samples
+    at each end, ``length`` trims or zero-pads the result.
+    """
+    spec = require_rank(spec, "spec", (2, 3), "(n_fft//2 + 1, n_frames) or (N, n_fft//2 + 1, n_frames)")
+    n_fft = _positive_int(n_fft, "n_fft")
+    hop = _positive_int(n_fft // 4 if hop_length is None else hop_length, "hop_length")
+    if not spec.is_complex() or spec.shape[-2] != n_fft // 2 + 1:
+        raise ValueError(f"spec must be complex with n_fft//2 + 1 = {n_fft // 2 + 1} rows, got {spec.dtype} "
+                         f"shape {tuple(spec.shape)}")
+    real = torch.float64 if spec.dtype == torch.complex128 else torch.float32
+    w = (torch.ones(n_fft) if window is None else require_tensor(window, "window")).to(spec.device, real)
+    if w.shape != (n_fft,):
+        raise ValueError(f"window must have length n_fft={n_fft}, got shape {tuple(w.shape)}")
+    y = overlap_add(torch.fft.irfft(spec.transpose(-1, -2), n=n_fft) * w, hop)         # Σ_t y_t, (..., L_total)
+    env = overlap_add((w**2).expand(spec.shape[-1], n_fft), hop)                       # Σ_t w², (L_total,)
+    start = n_fft // 2 if center else 0
+    end = len(env) - start if length is None else min(len(env), start + length)
+    if env[start:end].abs().min() < 1e-11:
+        raise ValueError(f"window and hop_length={hop} violate NOLA: Σ_t w²[m − t·hop] = 0 somewhere in the output")
+    out = y[..., start:end] / env[start:end]
+    return out if length is None else F.pad(out, (0, length - out.shape[-1]))
+
+
+def dbfs(x: torch.Tensor) -> torch.Tensor:
+    """Level in dB relative to full scale, RMS convention: a sine of peak 1 reads 0 dBFS.
+
+        L = 20 log₁₀( √2 · sqrt(mean_n x[n]²) )        (over the last axis; −inf for silence)
+
+    Samples are assumed in [−1, 1] (full scale = 1). A full-scale square wave reads +3.01 dBFS.
+    """
+    x = require_floating(require_tensor(x, "x"), "x")
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"x must have at least one sample on its last axis, got shape {tuple(x.shape)}")
+    return 20 * torch.log10(math.sqrt(2) * x.pow(2).mean(-1).sqrt())
+
+
+def cmvn(features: torch.Tensor, *, variance: bool = True, eps: float = 1e-10) -> torch.Tensor:
+    """Per-utterance cepstral mean (and variance) normalisation over time, for ``(..., C, T)`` features.
+
+        μ_c = (1/T) Σ_t x[c, t],   σ_c² = (1/T) Σ_t (x[c, t] − μ_c)²,   y[c, t] = (x[c, t] − μ_c) / sqrt(σ_c² + eps)
+
+    With ``variance=False`` only the mean is removed (CMN). A fixed gain or channel adds a constant
+    per coefficient to log-mel features (and to MFCCs), so CMN removes it exactly.
+    """
+    x = require_floating(require_min_rank(features, "features", 2, "(..., C, T)"), "features")
+    if x.shape[-1] < 2:
+        raise ValueError(f"features need at least 2 frames on the last axis (T), got shape {tuple(x.shape)}")
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt() if variance else centred
+
+
+def _mask(n: int, count: int, max_width: int, size: int, gen: torch.Generator | None, device) -> torch.Tensor:
+    """(n, size) boolean: ``count`` bands per row, widths uniform in [0, max_width], starts uniform."""
+    width = (torch.rand(n, count, generator=gen, dtype=torch.float64) * (max_width + 1)).floor()
+    start = (torch.rand(n, count, generator=gen, dtype=torch.float64) * (size - width + 1)).floor()
+    pos = torch.arange(size, dtype=torch.float64)
+    inside = (pos >= start[..., None]) & (pos < (start + width)[..., None])         # (n, count, size)
+    return inside.any(1).to(device)
+
+
+def spec_augment(spec: torch.Tensor, *, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2,
+                 time_width: int = 10, mask_value: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment's frequency and time masking (Park et al., 2019) on ``(..., n_mels, T)``.
+
+    For each spectrogram, ``freq_masks`` times: draw f ~ U{0..F}, f₀ ~ U{0..n_mels − f}, set channels
+    [f₀, f₀ + f) to ``mask_value``; likewise ``time_masks`` bands of width t ~ U{0..T_w} in time.
+    Time warping is left out. Use ``mask_value`` 0 on mean-normalised features (then 0 is the mean).
+    """
+    x = require_floating(require_min_rank(spec, "spec", 2, "(..., n_mels, T)"), "spec")
+    counts = [require_int(v, k, low=0) for k, v in (("freq_masks", freq_masks), ("freq_width", freq_width),
+                                                     ("time_masks", time_masks), ("time_width", time_width))]
+    n_mels, T = x.shape[-2:]
+    if (counts[0] and freq_width > n_mels) or (counts[2] and time_width > T):
+        raise ValueError(f"freq_width <= n_mels={n_mels} and time_width <= T={T} required (for masks drawn), got "
+                         f"{freq_width} and {time_width}")
+    flat = x.reshape(-1, n_mels, T)                                                  # (B, M, T)
+    f_mask = _mask(len(flat), counts[0], counts[1], n_mels, generator, x.device)    # (B, M)
+    t_mask = _mask(len(flat), counts[2], counts[3], T, generator, x.device)         # (B, T)
+    masked = f_mask[:, :, None] | t_mask[:, None, :]
+    return flat.masked_fill(masked, mask_value).reshape(x.shape)
