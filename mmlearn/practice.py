@@ -10,7 +10,9 @@ multimodal "diagnosis" dataset.
 * :func:`make_patients` — **a teaching toy, not medical data and not medical advice**: synthetic
   "patients" made from the real MRI slice that ships with matplotlib (:func:`mmlearn.data.load_mri`),
   randomly warped, with or without a synthetic lesion, plus a short record text and three lab values.
-  The label needs more than one modality: ``positive = lesion AND (marker high OR seizure)``.
+  The label needs more than one modality: ``positive = lesion AND (marker high OR seizure)``;
+* :func:`roc_auc` and :func:`membership_advantage` — scoring a membership-inference attack (the AUC and the
+  best TPR − FPR); :func:`integrated_gradients` — attributions along a straight path from a baseline.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmlearn._validate import require_positive, require_rank, require_tensor
+from mmlearn._validate import require_int, require_positive, require_rank, require_tensor
 from mmlearn.device import get_device
 from mmlearn.train import History, evaluate
 
@@ -36,6 +38,7 @@ __all__ = [
     "confusion_matrix", "EarlyStopping", "save_checkpoint", "load_checkpoint", "fit_early_stopping", "markdown_table",
     "Patients", "make_patients", "radiology_note", "lab_report", "stringify", "LAB_NAMES", "LAB_UNITS",
     "MARKER_HIGH", "NOTE_MIN_RADIUS_MM", "SYMPTOMS",
+    "roc_auc", "membership_advantage", "integrated_gradients",
 ]
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -316,3 +319,72 @@ def stringify(patients: Patients) -> list[str]:
     """The "paste everything into a prompt" view of each patient (source 003's approach)."""
     return [f"Diagnose the following patient: {r} MRI image: {note} Blood test: {lab_report(lab)}."
             for r, note, lab in zip(patients.records, patients.notes, patients.labs)]
+
+
+# ---- privacy and interpretability (08_practice_trust) ---------------------------------------------
+
+
+def _scores_and_labels(scores: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = require_rank(scores, "scores", 1, "(N,)")
+    labels = require_rank(labels, "labels", 1, "(N,)")
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must have the same shape, got {tuple(scores.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError("labels must contain only 0 and 1")
+    if int(labels.sum()) in (0, len(labels)):
+        raise ValueError(f"labels must contain both classes, got {int(labels.sum())} ones out of {len(labels)}")
+    return scores.double(), labels.bool()
+
+
+def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve, by the Mann–Whitney statistic (ties count one half):
+
+    AUC = (1 / (n_1 n_0)) Σ_{i: y_i = 1} Σ_{j: y_j = 0} ( [s_i > s_j] + ½ [s_i = s_j] ),
+
+    the probability that a random positive scores above a random negative. ``scores`` ``(N,)``,
+    ``labels`` ``(N,)`` of 0/1 with both classes present.
+    """
+    s, y = _scores_and_labels(scores, labels)
+    pos, neg = s[y], s[~y]                                                  # (n1,), (n0,)
+    greater = (pos[:, None] > neg[None, :]).double().sum()
+    ties = (pos[:, None] == neg[None, :]).double().sum()
+    return ((greater + 0.5 * ties) / (len(pos) * len(neg))).item()
+
+
+def membership_advantage(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Best advantage of a threshold attack: max over thresholds t of TPR(t) − FPR(t), where the attack says
+    "positive" when s ≥ t, TPR(t) = #{y = 1, s ≥ t} / n_1 and FPR(t) = #{y = 0, s ≥ t} / n_0
+    (Youden's J statistic; 0 for the attack that never says "positive")."""
+    s, y = _scores_and_labels(scores, labels)
+    thresholds = torch.unique(s)                                            # (K,) every distinct score
+    hit = s[None, :] >= thresholds[:, None]                                 # (K, N)
+    tpr = (hit & y).double().sum(1) / y.sum()
+    fpr = (hit & ~y).double().sum(1) / (~y).sum()
+    return max(0.0, (tpr - fpr).max().item())
+
+
+def integrated_gradients(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, baseline: torch.Tensor,
+                         steps: int = 64) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al., 2017) of a scalar-per-example function ``f``:
+
+    IG_i(x) = (x_i − x'_i) ∫_0^1 ∂f(x' + α (x − x')) / ∂x_i dα,
+
+    the integral by the trapezoid rule on ``steps`` equal intervals. ``x`` and ``baseline`` ``(B, ...)``;
+    ``f`` maps ``(B, ...)`` to ``(B,)``. Completeness: Σ_i IG_i = f(x) − f(x') up to the quadrature error.
+    """
+    x, baseline = require_tensor(x, "x"), require_tensor(baseline, "baseline")
+    if x.shape != baseline.shape:
+        raise ValueError(f"baseline must have the shape of x {tuple(x.shape)}, got {tuple(baseline.shape)}")
+    steps = require_int(steps, "steps")
+    alphas = torch.linspace(0, 1, steps + 1, dtype=x.dtype, device=x.device)
+    weights = torch.full_like(alphas, 1.0 / steps)
+    weights[0] = weights[-1] = 0.5 / steps                                  # trapezoid weights, sum to 1
+    total = torch.zeros_like(x)
+    for a, w in zip(alphas, weights):
+        point = (baseline + a * (x - baseline)).detach().requires_grad_(True)
+        out = f(point)
+        if out.shape != x.shape[:1]:
+            raise ValueError(f"f must return one value per example, shape {tuple(x.shape[:1])}, got {tuple(out.shape)}")
+        total += w * torch.autograd.grad(out.sum(), point)[0]
+    return (x - baseline) * total

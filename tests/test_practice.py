@@ -240,3 +240,78 @@ def test_plot_confusion_matrix():
     plt.close(fig)
     with pytest.raises(ValueError, match=r"matrix must be \(C, C\) with one label per class"):
         plot_confusion_matrix(torch.zeros(2, 3), ["a", "b"])
+
+
+# ---- privacy and interpretability: roc_auc, membership_advantage, integrated_gradients -----------------
+
+def _roc_auc_reference(scores, labels):
+    """Trapezoid area under the ROC curve over every distinct threshold."""
+    fpr, tpr = [0.0], [0.0]
+    for t in sorted(set(scores.tolist()), reverse=True):
+        hit = scores >= t
+        tpr.append(float((hit & (labels == 1)).sum()) / float((labels == 1).sum()))
+        fpr.append(float((hit & (labels == 0)).sum()) / float((labels == 0).sum()))
+    return sum((f1 - f0) * (t1 + t0) / 2 for f0, f1, t0, t1 in zip(fpr, fpr[1:], tpr, tpr[1:])), fpr, tpr
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_auc_and_advantage_equal_threshold_sweep(seed):
+    from mmlearn.practice import membership_advantage, roc_auc
+
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(4, 80, (1,), generator=g))
+    labels = torch.randint(0, 2, (n,), generator=g)
+    labels[:2] = torch.tensor([0, 1])
+    scores = torch.randint(0, 5, (n,), generator=g).float() if seed % 2 else torch.randn(n, generator=g)
+    auc, fpr, tpr = _roc_auc_reference(scores, labels)
+    assert roc_auc(scores, labels) == pytest.approx(auc, abs=1e-12)
+    assert membership_advantage(scores, labels) == pytest.approx(max(t - f for f, t in zip(fpr, tpr)), abs=1e-12)
+
+
+def test_roc_auc_extremes():
+    from mmlearn.practice import membership_advantage, roc_auc
+
+    labels = torch.tensor([1, 1, 0, 0])
+    assert roc_auc(torch.tensor([3.0, 2.0, 1.0, 0.0]), labels) == 1.0
+    assert roc_auc(torch.tensor([0.0, 1.0, 2.0, 3.0]), labels) == 0.0
+    assert roc_auc(torch.ones(4), labels) == 0.5 and membership_advantage(torch.ones(4), labels) == 0.0
+
+
+@pytest.mark.parametrize("args, match", [((torch.ones(3), torch.tensor([0, 1])), "same shape"),
+                                         ((torch.ones(2, 2), torch.ones(2, 2)), r"scores must be \(N,\)"),
+                                         ((torch.ones(3), torch.tensor([0, 2, 1])), "only 0 and 1"),
+                                         ((torch.ones(3), torch.ones(3)), "both classes")])
+def test_roc_auc_bad_input(args, match):
+    from mmlearn.practice import membership_advantage, roc_auc
+
+    for fn in (roc_auc, membership_advantage):
+        with pytest.raises(ValueError, match=match):
+            fn(*args)
+
+
+def test_integrated_gradients_linear_exact_and_completeness(device):
+    from mmlearn.practice import integrated_gradients
+
+    g = torch.Generator().manual_seed(0)
+    b, d = 5, 11
+    w = torch.randn(d, generator=g, dtype=torch.float64).to(device)
+    x, x0 = (torch.randn(b, d, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+    torch.testing.assert_close(integrated_gradients(lambda z: z @ w + 1.0, x, x0, steps=1), (x - x0) * w)
+    # smooth nonlinear f: completeness up to the trapezoid error, O(1/steps^2)
+    net = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 1)).double().to(device)
+    f = lambda z: net(z)[:, 0]
+    ig = integrated_gradients(f, x, x0, steps=400)
+    with torch.no_grad():
+        torch.testing.assert_close(ig.sum(1), f(x) - f(x0), atol=1e-5, rtol=1e-5)
+
+
+def test_integrated_gradients_bad_input():
+    from mmlearn.practice import integrated_gradients
+
+    f = lambda z: z.sum(1)
+    with pytest.raises(ValueError, match="baseline must have the shape of x"):
+        integrated_gradients(f, torch.ones(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="steps must be an int"):
+        integrated_gradients(f, torch.ones(2, 3), torch.zeros(2, 3), steps=0)
+    with pytest.raises(ValueError, match="f must return one value per example"):
+        integrated_gradients(lambda z: z, torch.ones(2, 3), torch.zeros(2, 3))

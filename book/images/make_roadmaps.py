@@ -140,8 +140,9 @@ def main():
         "dia": ("nb", "Diagnosis", ["prompt vs fusion", "Bayes ceiling", "sensitivity, specificity"]),
         "app": ("nb", "Applications", ["retrieval, captions,", "VQA, audio–visual;", "each with a baseline"]),
         "ch": ("nb", "Challenges", ["data, compute, shift", "the FAQ answered", "with evidence"]),
+        "trust": ("nb", "Privacy, attribution", ["membership inference", "modality ablation", "integrated gradients"]),
         "out": ("out", "Chapter 9, your project", ["the same four steps", "and the same checks"]),
-    }), [("in", "proj"), ("proj", "dia"), ("dia", "app"), ("app", "ch"), ("ch", "out")])
+    }, cols=4), chain(["in", "proj", "dia", "app", "ch", "trust", "out"]), width=12.5, height=4.4)
     roadmap("ch09", "Chapter 9 — alignment: speech to text, speech to images", {
         "in": (0, 0, "in", "Chapters 2, 3, 5, 7", ["log-mel spectrograms,", "GRU, log-sum-exp,", "CLIP's loss"]),
         "ctc": (3.2, 0, "nb", "DTW and CTC", ["cheapest path vs", "sum over alignments", "greedy, prefix beam"]),

@@ -214,3 +214,45 @@ def _check_roc(roc_points) -> None:
                      what=f"case {case} ({'with' if case % 2 else 'without'} tied scores): false-positive rates")
         expect_close(torch.as_tensor(got[1]).double(), torch.tensor(tpr, dtype=torch.float64),
                      what=f"case {case}: true-positive rates")
+
+
+# ---- 08_practice_trust -----------------------------------------------------------------------------
+
+@register("ex-ch08-ig-linear", hint="The gradient of w·x + c is w everywhere: the path integral of a constant.")
+def _check_ig_linear(ig_linear) -> None:
+    gen = fresh_generator()
+    for case in range(5):
+        b, d = (int(v) for v in torch.randint(1, 9, (2,), generator=gen))
+        w = torch.randn(d, generator=gen, dtype=torch.float64)
+        x = torch.randn(b, d, generator=gen, dtype=torch.float64)
+        base = torch.zeros(b, d, dtype=torch.float64) if case == 0 else torch.randn(b, d, generator=gen,
+                                                                                    dtype=torch.float64)
+        got = _call(ig_linear, w.clone(), x.clone(), base.clone(), what=f"case {case}")
+        if not isinstance(got, torch.Tensor) or got.shape != (b, d):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CheckFailed(f"case {case}: expected a ({b}, {d}) tensor of attributions, got {shape}")
+        if case and torch.allclose(got.double(), x * w) and not torch.allclose(x * w, (x - base) * w):
+            raise CheckFailed(f"case {case}: your attributions ignore the baseline; use x - baseline")
+        expect_close(got.double(), (x - base) * w, what=f"case {case}: attributions for B={b}, d={d}", atol=1e-9)
+        expect_close(got.double().sum(1), (x - base) @ w, what=f"case {case}: completeness (sum over features)",
+                     atol=1e-9)
+
+
+@register("ex-ch08-attack-auc", hint="Compare every member with every non-member: 1 when the member's loss is "
+                                     "lower, 1/2 for a tie; average over the pairs.")
+def _check_attack_auc(attack_auc) -> None:
+    gen = fresh_generator()
+    for case in range(6):
+        n1, n0 = (int(v) for v in torch.randint(1, 30, (2,), generator=gen))
+        if case % 2:
+            a = torch.randint(0, 4, (n1,), generator=gen).double()
+            b = torch.randint(0, 4, (n0,), generator=gen).double()
+        else:
+            a = torch.rand(n1, generator=gen, dtype=torch.float64)
+            b = torch.rand(n0, generator=gen, dtype=torch.float64)
+        expected = ((a[:, None] < b[None, :]).double() + 0.5 * (a[:, None] == b[None, :]).double()).mean().item()
+        got = float(_call(attack_auc, a.clone(), b.clone(), what=f"case {case}"))
+        if abs(got - (1 - expected)) < 1e-9 and abs(expected - 0.5) > 1e-9:
+            raise CheckFailed(f"case {case}: you got 1 - AUC: a member should have the LOWER loss")
+        expect_close(got, expected, what=f"case {case} ({'with' if case % 2 else 'without'} ties): "
+                                         f"{n1} members, {n0} non-members", atol=1e-9)
