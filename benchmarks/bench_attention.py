@@ -15,10 +15,11 @@ Measures, in one run on one machine (so the numbers are comparable):
   * training-time peak memory (forward + backward, inputs requiring gradients) vs L up to 2048, shape
     (1, 1, L, 64): naive (autograd through `scaled_dot_product_attention`) vs tiled (`flash_attention`, whose
     backward recomputes P tile by tile from the saved row log-sum-exp) vs `F.scaled_dot_product_attention`.
-  * a training step (forward, backward, AdamW step) of the book's ViT and CLIP (`mmlearn.models`) at two sizes,
-    with the attention weights computed by the book's own attention (`need_weights=True`) vs the fused fast
-    path of `MultiHeadAttention` (`need_weights=False`, i.e. `F.scaled_dot_product_attention`); alternated,
-    minimum over the repeats, one run.
+  * a training step (forward, backward, AdamW step) of the book's ViT and CLIP (`mmlearn.models`) at three
+    sizes, with the book's own attention (inside `mmlearn.attention.keep_weights(model)`, which computes and
+    keeps the weights) vs the models' default, the fused fast path of `MultiHeadAttention` (`need_weights=False`,
+    i.e. `F.scaled_dot_product_attention`); the two alternate step by step, median (and minimum) over the
+    repeats, one run. ``--only train_step`` reruns this part alone and merges it into an existing --out file.
   * cross-check at L = 4096 (Linux CPU only, unless --no-rss): the growth of the process's peak resident set
     size (VmHWM, reset just before the call through /proc/self/clear_refs) during one call, each method in a
     fresh Python process — an operating-system measurement that does not rely on PyTorch's bookkeeping.
@@ -36,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede `import torc
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -44,7 +46,12 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mmlearn.attention import flash_attention, measure_peak_memory, scaled_dot_product_attention  # noqa: E402
+from mmlearn.attention import (  # noqa: E402
+    flash_attention,
+    keep_weights,
+    measure_peak_memory,
+    scaled_dot_product_attention,
+)
 from mmlearn.device import get_device, seed_everything  # noqa: E402
 from mmlearn.models import CLIP, TextTransformer, VisionTransformer  # noqa: E402
 
@@ -110,7 +117,8 @@ def bench_train_memory(device: torch.device, d: int = 64) -> list[dict]:
     return rows
 
 
-TRAIN_CONFIGS = {  # the book's CLIP (chapter 7) and a ViT with 4x more tokens
+TRAIN_CONFIGS = {  # the ViT of chapter 7 (17 tokens), a CLIP with a ViT of 65 tokens, a ViT with 257 tokens
+    "vit_book": dict(batch=64, image_size=32, patch_size=8, dim=64, depth=2, heads=4),
     "clip_book": dict(batch=64, image_size=32, patch_size=4, dim=64, depth=2, heads=4, text_len=8, vocab=64),
     "vit_257_tokens": dict(batch=32, image_size=32, patch_size=2, dim=64, depth=2, heads=4),
 }
@@ -139,26 +147,36 @@ def _train_step_fn(name: str, cfg: dict, device: torch.device):
     return model, step
 
 
-def bench_train_step(device: torch.device, repeat: int = 7) -> list[dict]:
+def _timed(step, slow: bool, model: torch.nn.Module, sync) -> float:
+    """Seconds of one training step, on the book's attention path (slow) or the models' fast path."""
+    sync()
+    start = time.perf_counter()
+    if slow:
+        with keep_weights(model):
+            step()
+    else:
+        step()
+    sync()
+    return time.perf_counter() - start
+
+
+def bench_train_step(device: torch.device, repeat: int = 9) -> list[dict]:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for name, cfg in TRAIN_CONFIGS.items():
         seed_everything(0)
         model, step = _train_step_fn(name, cfg, device)
-        blocks = [m for m in model.modules() if hasattr(m, "need_weights")]
-        best = {True: float("inf"), False: float("inf")}
-        for _ in range(repeat + 1):  # the first round is a warm-up
-            for need_weights in (True, False):
-                for b in blocks:
-                    b.need_weights = need_weights
-                sync()
-                start = time.perf_counter()
-                step()
-                sync()
-                if _ > 0:
-                    best[need_weights] = min(best[need_weights], time.perf_counter() - start)
-        rows.append({"config": name, **cfg, "book_attention_seconds": best[True], "fast_path_seconds": best[False],
-                     "speedup": best[True] / best[False]})
+        times = {True: [], False: []}
+        for i in range(repeat + 1):  # the first round is a warm-up; alternate, so both see the same load
+            for slow in (True, False):
+                seconds = _timed(step, slow, model, sync)
+                if i > 0:
+                    times[slow].append(seconds)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append({"config": name, **cfg, "repeats": repeat,
+                     "book_attention_seconds": med[True], "fast_path_seconds": med[False],
+                     "book_attention_min_seconds": min(times[True]), "fast_path_min_seconds": min(times[False]),
+                     "speedup": med[True] / med[False], "speedup_of_minima": min(times[True]) / min(times[False])})
     return rows
 
 
@@ -203,12 +221,33 @@ def rss_check(L: int = 4096) -> dict:
     return result
 
 
+def _print_train_step(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"train step {row['config']:>15}: book attention {1e3 * row['book_attention_seconds']:7.1f} ms, "
+              f"fast path {1e3 * row['fast_path_seconds']:7.1f} ms (medians), speed-up {row['speedup']:.2f}x")
+
+
+def _only_train_step(out: Path, device: torch.device, load, start: float) -> None:
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["train_step"] = bench_train_step(device)
+    results["train_step_meta"] = {"device": str(device), "torch": torch.__version__,
+                                  "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                                  "load_average_1min_at_start": load[0] if load else None,
+                                  "total_seconds": time.perf_counter() - start}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    _print_train_step(results["train_step"])
+    print(f"merged train_step into {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attention.json")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: mmlearn.get_device())")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-rss", action="store_true", help="skip the resident-set-size cross-check")
+    parser.add_argument("--only", choices=["train_step"], default=None,
+                        help="run only this part and merge it into the existing --out file")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -218,6 +257,9 @@ def main() -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     seed_everything(0)
     start = time.perf_counter()
+    if args.only == "train_step":
+        _only_train_step(args.out, device, load, start)
+        return
     results = {"time": bench_time(device)}
     method = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
               "torch.profiler(profile_memory=True): peak of the allocator's running total")
@@ -245,9 +287,7 @@ def main() -> None:
     for row in results["train_memory"]["rows"]:
         print(f"train peak L={row['L']:>5}: naive {row['naive_bytes'] / 2**20:8.2f} MiB, tiled "
               f"{row['tiled_bytes'] / 2**20:6.3f} MiB, torch {row['torch_bytes'] / 2**20:8.2f} MiB")
-    for row in results["train_step"]:
-        print(f"train step {row['config']:>15}: book attention {1e3 * row['book_attention_seconds']:7.1f} ms, "
-              f"fast path {1e3 * row['fast_path_seconds']:7.1f} ms, speed-up {row['speedup']:.2f}x")
+    _print_train_step(results["train_step"])
     if "memory_rss_check" in results:
         rss = results["memory_rss_check"]
         print(f"RSS   L={rss['L']:>5}: naive +{rss['naive_kib'] / 1024:.1f} MiB, tiled +{rss['tiled_kib'] / 1024:.1f} "

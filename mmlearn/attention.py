@@ -27,7 +27,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,7 +47,7 @@ from mmlearn._validate import (
 __all__ = [
     "softmax", "scaled_dot_product_attention", "attention_backward", "online_softmax", "flash_attention",
     "causal_mask", "sinusoidal_positions", "apply_rope", "MultiHeadAttention", "FeedForward",
-    "TransformerBlock", "TransformerEncoder", "TransformerDecoder", "measure_peak_memory",
+    "TransformerBlock", "TransformerEncoder", "TransformerDecoder", "keep_weights", "measure_peak_memory",
 ]
 
 
@@ -479,6 +479,7 @@ class TransformerBlock(nn.Module):
     (averaged over heads, detached) are kept in ``self.attn_weights`` and ``self.cross_weights``.
     With ``need_weights=False`` (an attribute; it can be switched at any time) attention takes the fused
     fast path of :class:`MultiHeadAttention` and those two stay ``None``: use it for training.
+    ``with keep_weights(model):`` switches every block of a model back to the weights for that block of code.
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0,
@@ -565,6 +566,30 @@ class TransformerDecoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask, context, context_mask)
         return self.norm(x)  # (B, T, dim)
+
+
+@contextmanager
+def keep_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside ``with keep_weights(model):`` every attention layer of ``model`` keeps its weights.
+
+    Sets ``need_weights = True`` on each submodule that has a boolean ``need_weights`` attribute
+    (:class:`TransformerBlock`, :class:`mmlearn.models.GatedCrossAttention`) and restores the old values
+    on exit. Those layers then take the book's path, softmax(Q K^T / sqrt(d) + mask) V, and keep the
+    head-averaged weights (``block.attn_weights``, ``block.cross_weights``); outside, the models of
+    :mod:`mmlearn.models` train on the fused fast path, which keeps none.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = [(m, m.need_weights) for m in model.modules() if isinstance(getattr(m, "need_weights", None), bool)]
+    if not layers:
+        raise ValueError(f"model ({type(model).__name__}) has no attention layer with a need_weights attribute")
+    for m, _ in layers:
+        m.need_weights = True
+    try:
+        yield model
+    finally:
+        for m, old in layers:
+            m.need_weights = old
 
 
 # ---- measuring memory ---------------------------------------------------------------------------

@@ -17,6 +17,11 @@ patch embedding (:mod:`mmlearn.features`); no attention is re-implemented.
 
 Token conventions follow :mod:`mmlearn.preprocess.text`: ``<pad> = 0, <bos> = 2, <eos> = 3``; masks are
 boolean with True = real token; attention masks are True = may attend.
+
+Attention weights: every model here runs its attention on the fused fast path
+(``F.scaled_dot_product_attention``, nanoGPT's choice), which keeps no weights — same outputs and
+gradients, faster. To read the maps, run the forward inside ``with mmlearn.attention.keep_weights(model):``;
+the blocks then keep ``attn_weights`` / ``cross_weights`` (``GatedCrossAttention``: ``weights``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmlearn._validate import require_floating, require_in, require_int, require_rank, require_tensor
-from mmlearn.attention import FeedForward, MultiHeadAttention, TransformerDecoder, TransformerEncoder
+from mmlearn.attention import FeedForward, MultiHeadAttention, TransformerDecoder, TransformerEncoder, keep_weights
 from mmlearn.features import PatchEmbedding
 from mmlearn.losses import clip_loss, siglip_loss
 
@@ -101,7 +106,8 @@ class VisionTransformer(nn.Module):
         self.patch = PatchEmbedding(image_size, patch_size, in_channels, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(0.02 * torch.randn(1, 1 + self.patch.num_patches, dim))
-        self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                                          need_weights=False)   # fast path; keep_weights(model) to read maps
         self.head = nn.Linear(dim, require_int(num_classes, "num_classes", 2)) if num_classes is not None else None
         self.in_channels, self.image_size, self.out_dim = in_channels, self.patch.image_size, dim
         self.num_patches = self.patch.num_patches
@@ -139,7 +145,8 @@ class TextTransformer(nn.Module):
         depth = require_int(depth, "depth", 0)
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(0.02 * torch.randn(max_len, dim)) if depth > 0 else None
-        self.encoder = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=causal) if depth else None
+        self.encoder = (TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=causal,
+                                           need_weights=False) if depth else None)   # fast path
         self.pad_id, self.out_dim = pad_id, dim
 
     def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -295,7 +302,7 @@ class Captioner(nn.Module):
         self.image_proj = nn.Linear(_out_dim(image_encoder, image_dim, "image_encoder"), dim)
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(0.02 * torch.randn(max_len, dim))
-        self.decoder = TransformerDecoder(dim, depth, num_heads, mlp_ratio=mlp_ratio)
+        self.decoder = TransformerDecoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, need_weights=False)
         self.head = nn.Linear(dim, vocab_size)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
@@ -329,9 +336,11 @@ class Captioner(nn.Module):
     def attention_maps(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Cross-attention weights of every decoder layer, averaged over heads: (depth, B, T, S).
 
-        Row t is where the decoder looked in the image while predicting token t + 1.
+        Row t is where the decoder looked in the image while predicting token t + 1. The decoder runs on
+        the book's attention path for this call only (:func:`mmlearn.attention.keep_weights`).
         """
-        self.decode(self.encode(images), ids)
+        with keep_weights(self.decoder):
+            self.decode(self.encode(images), ids)
         return torch.stack([block.cross_weights for block in self.decoder.blocks])
 
     def _strip(self, seqs: torch.Tensor) -> list[list[int]]:
@@ -408,6 +417,8 @@ class GatedCrossAttention(nn.Module):
     α_attn = α_ffn = 0 at initialisation, so the layer is the identity and the language model starts
     exactly as it was pretrained; training opens the gates. ``forward(x (B, T, dim), media (B, S, dim),
     media_mask=None)`` (bool, broadcastable to (B, T, S), True = may attend) -> (B, T, dim).
+    ``need_weights`` (attribute, default False: the fused fast path) keeps the head-averaged
+    cross-attention weights in ``self.weights`` (B, T, S); or use ``mmlearn.attention.keep_weights``.
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 2.0) -> None:
@@ -417,10 +428,12 @@ class GatedCrossAttention(nn.Module):
         self.alpha_attn = nn.Parameter(torch.zeros(()))
         self.alpha_ffn = nn.Parameter(torch.zeros(()))
         self.weights: torch.Tensor | None = None
+        self.need_weights = False
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, media_mask: torch.Tensor | None = None) -> torch.Tensor:
-        a, weights = self.attn(self.norm_attn(x), media, media, media_mask)  # (B, T, dim), (B, T, S)
-        self.weights = weights.detach()
+        a, weights = self.attn(self.norm_attn(x), media, media, media_mask,
+                               need_weights=self.need_weights)               # (B, T, dim), (B, T, S) or None
+        self.weights = None if weights is None else weights.detach()
         x = x + torch.tanh(self.alpha_attn) * a
         return x + torch.tanh(self.alpha_ffn) * self.ffn(self.norm_ffn(x))
 
@@ -460,7 +473,7 @@ class TinyVLM(nn.Module):
             self.projector = nn.Sequential(nn.Linear(d_v, dim), nn.GELU(), nn.Linear(dim, dim))
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(torch.randn(max_len, dim))   # the scale of the N(0, 1) word embeddings
-        self.lm = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=True)
+        self.lm = TransformerEncoder(dim, depth, num_heads, mlp_ratio=mlp_ratio, causal=True, need_weights=False)
         self.head = nn.Linear(dim, vocab_size)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
@@ -567,7 +580,7 @@ class PerceiverResampler(nn.Module):
         for layer in self.layers:
             q = layer["norm_l"](lat)
             kv = torch.cat([layer["norm_x"](x), q], dim=1)                       # (B, N + R, dim)
-            lat = lat + layer["attn"](q, kv, kv)[0]
+            lat = lat + layer["attn"](q, kv, kv, need_weights=False)[0]         # fused fast path
             lat = lat + layer["ffn"](layer["norm_ffn"](lat))
         return self.norm(lat)                                                    # (B, R, dim)
 
@@ -606,8 +619,8 @@ class QFormer(nn.Module):
         q = self.queries.expand(len(x), -1, -1)                                  # (B, K, dim)
         for layer in self.layers:
             h = layer["norm_self"](q)
-            q = q + layer["self_attn"](h, h, h)[0]
-            q = q + layer["cross_attn"](layer["norm_cross"](q), kv, kv)[0]
+            q = q + layer["self_attn"](h, h, h, need_weights=False)[0]         # fused fast path
+            q = q + layer["cross_attn"](layer["norm_cross"](q), kv, kv, need_weights=False)[0]
             q = q + layer["ffn"](layer["norm_ffn"](q))
         return self.proj_out(self.norm(q))                                       # (B, K, out_dim)
 
@@ -644,3 +657,287 @@ class GridEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = _require_images(images, self.in_channels, self.image_size)
         return self.features(images).flatten(2).transpose(1, 2) + self.pos    # (B, grid², 4w)
+
+
+# ---- captioning: decoding beyond greedy and beam (07_multimodal_transformers_decoding) -------------
+
+def _require_real(value: object, name: str, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        raise ValueError(f"{name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def length_penalty(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT's length penalty (Wu et al., 2016):  lp(Y) = ((5 + |Y|) / 6)^α,  so lp = 1 for |Y| = 1 or α = 0.
+
+    Beam search then ranks hypotheses by  s(Y) = log p(Y | x) / lp(Y).  ``lengths`` >= 1 (any shape).
+    """
+    alpha = _require_real(alpha, "alpha", 0.0)
+    if not isinstance(lengths, torch.Tensor) or lengths.numel() == 0 or bool((lengths < 1).any()):
+        raise ValueError(f"lengths must be a non-empty tensor of lengths >= 1, got {lengths!r}")
+    return ((5 + lengths.float()) / 6) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model: Captioner, images: torch.Tensor, max_len: int, beam_size: int,
+                alpha: float = 0.0) -> tuple[list[list[int]], torch.Tensor]:
+    """Beam search that ranks by the length-normalised score  s(Y) = Σ_t log p(w_t | w_<t, x) / lp(Y).
+
+    ``alpha = 0`` is :meth:`Captioner.generate` with ``beam_size`` (raw log-probability). |Y| counts the
+    generated tokens, <eos> included; a finished hypothesis keeps its score and its length. Returns the
+    best caption per image (ids without <bos>/<eos>) and its raw log-probability (B,).
+    """
+    require_int(beam_size, "beam_size")
+    if require_int(max_len, "max_len") + 1 > model.max_len:
+        raise ValueError(f"max_len must be <= {model.max_len - 1} (positions incl. <bos>), got {max_len}")
+    was_training, k, V = model.training, beam_size, model.vocab_size
+    model.eval()
+    memory = model.encode(images).repeat_interleave(k, dim=0)                 # (B k, S, dim)
+    B = len(memory) // k
+    seqs = memory.new_full((B * k, 1), model.bos_id, dtype=torch.long)
+    logp_sum = memory.new_full((B, k), float("-inf"))
+    logp_sum[:, 0] = 0.0                                                      # one live beam at the start
+    lengths = torch.zeros(B * k, dtype=torch.long, device=memory.device)
+    done = torch.zeros(B * k, dtype=torch.bool, device=memory.device)
+    for _ in range(max_len):
+        logp = model._next_log_probs(memory, seqs)                           # (B k, V)
+        logp[done] = float("-inf")
+        logp[done, model.pad_id] = 0.0                                        # a finished beam only pads, for free
+        total = logp_sum.reshape(B * k, 1) + logp                             # (B k, V): raw log-probability
+        lengths = lengths + (~done)                                           # finished ones keep their length
+        rank = (total / length_penalty(lengths.clamp_min(1)[:, None], alpha)).view(B, k * V)
+        idx = rank.topk(k, dim=1).indices                                     # (B, k)
+        logp_sum = total.view(B, k * V).gather(1, idx)
+        rows = (torch.arange(B, device=idx.device)[:, None] * k + idx // V).flatten()
+        tok = (idx % V).flatten()
+        seqs, lengths = torch.cat([seqs[rows], tok[:, None]], dim=1), lengths[rows]
+        done = done[rows] | (tok == model.eos_id)
+        if done.all():
+            break
+    final = logp_sum / length_penalty(lengths.view(B, k).clamp_min(1), alpha)          # (B, k)
+    best = final.argmax(dim=1) + torch.arange(B, device=seqs.device) * k
+    model.train(was_training)
+    return model._strip(seqs[best]), logp_sum.flatten()[best]
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (Holtzman et al., 2020) on the last axis: keep the smallest set of most probable tokens
+    whose probability mass is >= p, i.e. token i (sorted by probability) stays iff Σ_{j<i} p_j < p; the
+    other logits become -inf.  ``p = 1`` keeps every token.
+    """
+    logits = require_floating(require_tensor(logits, "logits"), "logits")
+    p = _require_real(p, "p", 0.0, 1.0, low_open=True)
+    probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)     # (..., V), most probable first
+    before = probs.cumsum(dim=-1) - probs                                     # mass of the more probable tokens
+    keep = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before < p)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+@torch.no_grad()
+def sample_captions(model: Captioner, images: torch.Tensor, max_len: int, *, temperature: float = 1.0,
+                    top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Ancestral sampling:  w_t ~ softmax(top_p(log p(· | w_<t, x) / T)),  stopping at <eos>.
+
+    ``temperature = 0`` is greedy decoding (the limit T -> 0: all mass on the argmax). Caption ids per image.
+    """
+    temperature = _require_real(temperature, "temperature", 0.0)
+    top_p = _require_real(top_p, "top_p", 0.0, 1.0, low_open=True)
+    if require_int(max_len, "max_len") + 1 > model.max_len:
+        raise ValueError(f"max_len must be <= {model.max_len - 1} (positions incl. <bos>), got {max_len}")
+    was_training = model.training
+    model.eval()
+    memory = model.encode(images)                                             # (B, S, dim)
+    seqs = memory.new_full((len(memory), 1), model.bos_id, dtype=torch.long)
+    done = torch.zeros(len(memory), dtype=torch.bool, device=memory.device)
+    for _ in range(max_len):
+        logp = model._next_log_probs(memory, seqs)                           # (B, V); <pad>, <bos> are -inf
+        if temperature == 0:
+            nxt = logp.argmax(dim=-1)
+        else:
+            probs = top_p_filter(logp / temperature, top_p).softmax(dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]     # (B,)
+        nxt = nxt.masked_fill(done, model.pad_id)
+        seqs, done = torch.cat([seqs, nxt[:, None]], dim=1), done | (nxt == model.eos_id)
+        if done.all():
+            break
+    model.train(was_training)
+    return model._strip(seqs)
+
+
+def cross_attention_cache(model: Captioner, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values of the image tokens for every decoder layer, (B, nh, S, hs) each:
+    K = M W_K, V = M W_V depend only on the image, so they are computed once per caption."""
+    out = []
+    for block in model.decoder.blocks:
+        attn = block.cross_attn
+        _, w_k, w_v = attn.in_proj_weight.chunk(3)
+        _, b_k, b_v = attn.in_proj_bias.chunk(3)
+        out.append((attn._heads(memory, w_k, b_k), attn._heads(memory, w_v, b_v)))
+    return out
+
+
+def _attend(attn: MultiHeadAttention, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / √hs) v for queries q = h W_Q, then the output projection: (B, T, dim)."""
+    w_q, b_q = attn.in_proj_weight.chunk(3)[0], attn.in_proj_bias.chunk(3)[0]
+    out = F.scaled_dot_product_attention(attn._heads(h, w_q, b_q), k, v, attn_mask=mask)   # (B, nh, T, hs)
+    return attn.out_proj(out.transpose(1, 2).reshape(h.shape))
+
+
+@torch.no_grad()
+def decode_cached(model: Captioner, cross: list[tuple[torch.Tensor, torch.Tensor]], ids: torch.Tensor,
+                  cache) -> torch.Tensor:
+    """Next-token logits (B, T, V) for the new ``ids`` (B, T) at positions len(cache) .. len(cache)+T-1.
+
+    Equals ``model.decode(memory, all ids so far)[:, -T:]``: the self-attention keys/values of earlier
+    positions come from ``cache`` (chapter 6's :class:`mmlearn.language_model.KVCache`, which grows),
+    the image's from ``cross`` (:func:`cross_attention_cache`). Each step costs O(t), not O(t²).
+    """
+    start, T = len(cache), ids.shape[1]
+    ids = _require_ids(ids, model.vocab_size, model.max_len - start)
+    x = model.embed(ids) + model.pos[start:start + T]                         # (B, T, dim)
+    for layer, (block, (ck, cv)) in enumerate(zip(model.decoder.blocks, cross)):
+        h = block.norm1(x)
+        attn = block.attn
+        _, w_k, w_v = attn.in_proj_weight.chunk(3)
+        _, b_k, b_v = attn.in_proj_bias.chunk(3)
+        k, v = cache.extend(layer, attn._heads(h, w_k, b_k), attn._heads(h, w_v, b_v))   # (B, nh, S, hs)
+        mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+        x = x + _attend(attn, h, k, v, mask)
+        x = x + _attend(block.cross_attn, block.norm_cross(x), ck, cv)
+        x = x + block.ffn(block.norm2(x))
+    return model.head(model.decoder.norm(x))                                  # (B, T, V)
+
+
+@torch.no_grad()
+def generate_cached(model: Captioner, images: torch.Tensor, max_len: int) -> list[list[int]]:
+    """Greedy captions with a KV cache: one new token per step. Equals ``model.generate(images, max_len)``."""
+    from mmlearn.language_model import KVCache  # chapter 6's cache
+
+    if require_int(max_len, "max_len") + 1 > model.max_len:
+        raise ValueError(f"max_len must be <= {model.max_len - 1} (positions incl. <bos>), got {max_len}")
+    was_training = model.training
+    model.eval()
+    memory = model.encode(images)
+    cross, cache = cross_attention_cache(model, memory), KVCache(len(model.decoder.blocks))
+    seqs = memory.new_full((len(memory), 1), model.bos_id, dtype=torch.long)
+    done = torch.zeros(len(memory), dtype=torch.bool, device=memory.device)
+    for _ in range(max_len):
+        logp = F.log_softmax(decode_cached(model, cross, seqs[:, -1:], cache)[:, -1], dim=-1)   # (B, V)
+        logp[:, [model.pad_id, model.bos_id]] = float("-inf")
+        nxt = logp.argmax(dim=-1).masked_fill(done, model.pad_id)
+        seqs, done = torch.cat([seqs, nxt[:, None]], dim=1), done | (nxt == model.eos_id)
+        if done.all():
+            break
+    model.train(was_training)
+    return model._strip(seqs)
+
+
+__all__ += ["length_penalty", "beam_search", "top_p_filter", "sample_captions", "cross_attention_cache",
+            "decode_cached", "generate_cached"]
+
+
+# ---- 2-D sine-cosine positions (07_multimodal_transformers_vit_analysis) ---------------------------
+
+def sincos_positions_2d(height: int, width: int, dim: int, *, base: float = 10000.0,
+                        device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embeddings ``(height * width, dim)`` of a grid, row by row (MoCo v3, MAE).
+
+    Half the channels encode the column c, half the row r, each with chapter 6's 1-D encoding
+    (:func:`mmlearn.attention.sinusoidal_positions` of size dim/2):
+
+        P[r·width + c] = [PE(c); PE(r)],   PE(t)[2i] = sin(t ω_i),  PE(t)[2i+1] = cos(t ω_i),  ω_i = base^(-4i/dim)
+
+    so ``P[n] · P[m] = Σ_i cos(ω_i Δc) + Σ_i cos(ω_i Δr)`` depends only on the offset between the cells.
+    """
+    from mmlearn.attention import sinusoidal_positions
+
+    height, width = require_int(height, "height"), require_int(width, "width")
+    dim = require_int(dim, "dim")
+    if dim % 4:
+        raise ValueError(f"dim must be divisible by 4 (sin/cos pairs for the column and the row), got {dim}")
+    rows = torch.arange(height, device=device).repeat_interleave(width)         # (H*W,): r of cell n
+    cols = torch.arange(width, device=device).repeat(height)                    # (H*W,): c of cell n
+    pe_x = sinusoidal_positions(width, dim // 2, base=base, device=device, dtype=dtype)   # (W, dim/2)
+    pe_y = sinusoidal_positions(height, dim // 2, base=base, device=device, dtype=dtype)  # (H, dim/2)
+    return torch.cat([pe_x[cols], pe_y[rows]], dim=1)                             # (H*W, dim)
+
+
+__all__ += ["sincos_positions_2d"]
+
+
+# ---- the LLaVA recipe on a frozen, pretrained language model (07_multimodal_transformers_llava) ---------
+
+__all__ += ["FrozenLMVLM", "answer_mask"]
+
+
+def answer_mask(prompt_lengths: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """Which positions of right-padded sequences are *answer* tokens (LLaVA's loss mask):
+
+        m[b, t] = (prompt_lengths[b] <= t < lengths[b]),   (B, T) bool
+
+    Positions before ``prompt_lengths[b]`` hold the prompt (image tokens excluded), those from
+    ``lengths[b]`` on are padding.
+    """
+    prompt_lengths, lengths = require_tensor(prompt_lengths, "prompt_lengths"), require_tensor(lengths, "lengths")
+    if prompt_lengths.ndim != 1 or prompt_lengths.shape != lengths.shape:
+        raise ValueError(f"prompt_lengths and lengths must be (B,) each, got {tuple(prompt_lengths.shape)} and "
+                         f"{tuple(lengths.shape)}")
+    if bool((prompt_lengths < 0).any() | (prompt_lengths > lengths).any() | (lengths > T).any()):
+        raise ValueError(f"need 0 <= prompt_lengths <= lengths <= T = {T}, got {prompt_lengths.tolist()} and "
+                         f"{lengths.tolist()}")
+    t = torch.arange(T, device=lengths.device)[None, :]                       # (1, T)
+    return (t >= prompt_lengths[:, None]) & (t < lengths[:, None])           # (B, T)
+
+
+class FrozenLMVLM(nn.Module):
+    """The LLaVA recipe around a *pretrained, frozen* :class:`~mmlearn.language_model.CausalLM`:
+
+        H_v = W_2 GELU(W_1 f(x) + b_1) + b_2                   two-layer MLP projector (LLaVA-1.5)
+        p(w_{t+1} | x, w_≤t) = CausalLM(prefix = H_v, tokens = w)
+
+    ``vision_encoder`` maps images to tokens ``(B, K, vision_dim)``; the K projected tokens are read
+    before the words. The language model never receives a gradient (``requires_grad_(False)``, eval
+    mode). ``freeze_vision`` also freezes the encoder (LLaVA's frozen CLIP ViT).
+    """
+
+    def __init__(self, vision_encoder: nn.Module, lm: nn.Module, *, vision_dim: int | None = None,
+                 freeze_vision: bool = False) -> None:
+        super().__init__()
+        d_v, dim = _out_dim(vision_encoder, vision_dim, "vision_encoder"), lm.config.dim
+        self.vision_encoder, self.lm = vision_encoder, lm
+        self.projector = nn.Sequential(nn.Linear(d_v, dim), nn.GELU(), nn.Linear(dim, dim))
+        lm.requires_grad_(False)
+        vision_encoder.requires_grad_(not freeze_vision)
+        self.freeze_vision = bool(freeze_vision)
+
+    def train(self, mode: bool = True) -> FrozenLMVLM:
+        super().train(mode)
+        self.lm.eval()                                                       # frozen: no dropout
+        if self.freeze_vision:
+            self.vision_encoder.eval()
+        return self
+
+    def prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """H_v: the image as K soft tokens (B, K, dim) in the language model's embedding space."""
+        feats = self.vision_encoder(images)
+        if feats.ndim != 3:
+            raise ValueError(f"vision_encoder must return tokens (B, K, d), got shape {tuple(feats.shape)}")
+        return self.projector(feats)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the text positions (B, T, V): [H_v; E[ids]] through the frozen language model."""
+        h_v = self.prefix(images)                                            # (B, K, dim)
+        return self.lm(ids, prefix=h_v)[:, h_v.shape[1]:]                    # (B, T, V)
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+        """-mean over {t : target_mask[b, t]} of log p(ids[b, t] | image, ids[b, <t]) (t >= 1)."""
+        target_mask = require_tensor(target_mask, "target_mask")
+        if target_mask.dtype != torch.bool or target_mask.shape != ids.shape or not target_mask[:, 1:].any():
+            raise ValueError(f"target_mask must be bool of shape {tuple(ids.shape)} with a True after position 0, "
+                             f"got {target_mask.dtype} {tuple(target_mask.shape)}")
+        logits = self(images, ids[:, :-1])                                   # (B, T-1, V)
+        target = ids[:, 1:].masked_fill(~target_mask[:, 1:], -100)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)

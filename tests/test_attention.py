@@ -21,6 +21,7 @@ from mmlearn.attention import (
     attention_backward,
     causal_mask,
     flash_attention,
+    keep_weights,
     measure_peak_memory,
     online_softmax,
     scaled_dot_product_attention,
@@ -485,6 +486,49 @@ def test_transformer_block_fast_path_equals_slow_path_and_keeps_no_weights(devic
     enc = TransformerEncoder(16, 2, 4, causal=True, need_weights=False).to(device, F64)
     assert not any(b.need_weights for b in enc.blocks)
     assert enc(x).shape == x.shape
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_fast_path_gives_the_same_outputs_and_gradients_with_padding(device, causal):
+    """Pre-LN block, self- and cross-attention, padding (+ causal) masks, float64, dropout off:
+    the fused path and the book's path agree on the output and on every gradient."""
+    torch.manual_seed(0)
+    block = TransformerBlock(12, 3, causal=causal, cross_attention=True).to(device, F64)
+    for p in block.parameters():  # non-zero biases, non-trivial LayerNorms: every parameter exercised
+        nn.init.normal_(p, std=0.3)
+    x, ctx = torch.randn(3, 7, 12, device=device, dtype=F64), torch.randn(3, 5, 12, device=device, dtype=F64)
+    keep = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], device=device).bool()  # (B, T) padding
+    ctx_keep = torch.tensor([[1] * 5, [1] * 3 + [0] * 2, [1] + [0] * 4], device=device).bool()  # (B, S)
+    results = []
+    for need_weights in (True, False):
+        block.need_weights, _ = need_weights, block.zero_grad()
+        xg, cg = x.clone().requires_grad_(), ctx.clone().requires_grad_()
+        out = block(xg, keep[:, None, :], cg, ctx_keep[:, None, :])
+        (out * torch.linspace(-1, 1, out.numel(), device=device, dtype=F64).view_as(out)).sum().backward()
+        results.append([out, xg.grad, cg.grad, *(p.grad for p in block.parameters())])
+    for slow, fast in zip(*results):
+        torch.testing.assert_close(fast, slow, **TIGHT)
+
+
+def test_keep_weights_switches_every_block_on_for_the_with_block_only(device):
+    enc = TransformerEncoder(8, 2, 2, need_weights=False).to(device)
+    x = torch.randn(2, 5, 8, device=device)
+    enc(x)
+    assert all(b.attn_weights is None for b in enc.blocks)
+    with keep_weights(enc) as same:
+        assert same is enc and all(b.need_weights for b in enc.blocks)
+        enc(x)
+    assert all(b.attn_weights.shape == (2, 5, 5) for b in enc.blocks)
+    assert not any(b.need_weights for b in enc.blocks)  # restored, also after an exception:
+    with pytest.raises(RuntimeError), keep_weights(enc):
+        raise RuntimeError
+    assert not any(b.need_weights for b in enc.blocks)
+    with pytest.raises(ValueError, match="no attention layer"):
+        with keep_weights(nn.Linear(2, 2)):
+            pass
+    with pytest.raises(ValueError, match="must be a torch.nn.Module"):
+        with keep_weights("model"):
+            pass
 
 
 def test_mha_rejects_bad_input():

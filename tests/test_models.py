@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmlearn.attention import keep_weights
 from mmlearn.models import (
     CLIP,
     Captioner,
@@ -363,6 +364,9 @@ def test_gated_cross_attention_starts_as_identity(device):
     with torch.no_grad():
         layer.alpha_attn.fill_(0.5)
     assert not torch.allclose(layer(x, media), x)
+    assert layer.weights is None                                # fast path by default: no weights kept
+    with keep_weights(layer):
+        layer(x, media)
     assert layer.weights.shape == (2, 5, 7)
 
 
@@ -539,3 +543,330 @@ def test_resamplers_in_a_tiny_vlm(device):
 def test_resampler_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---- the attention fast path --------------------------------------------------------------------
+
+
+def _all_grads(model):
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def _both_paths(model, loss_fn):
+    """(loss, gradients) on the fused fast path and inside keep_weights (the book's path)."""
+    results = []
+    for slow in (False, True):
+        model.zero_grad()
+        if slow:
+            with keep_weights(model):
+                loss = loss_fn()
+        else:
+            loss = loss_fn()
+        loss.backward()
+        results.append([loss.detach(), *_all_grads(model)])
+    return results
+
+
+def test_models_use_the_fast_path_and_keep_weights_gives_the_same_loss_and_gradients(device):
+    torch.manual_seed(0)
+    vit = VisionTransformer(8, 4, dim=16, depth=2, num_heads=2, num_classes=3).to(device).double()
+    images = torch.rand(4, 3, 8, 8, device=device, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 1], device=device)
+    fast, slow = _both_paths(vit, lambda: F.cross_entropy(vit(images), labels))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert vit.encoder.blocks[-1].attn_weights.shape == (4, 5, 5)       # kept by the keep_weights forward
+    with torch.no_grad():
+        vit(images)
+    assert all(blk.attn_weights is None for blk in vit.encoder.blocks)   # a plain forward is fast: none kept
+    text = TextTransformer(V, dim=16, depth=1, num_heads=2, max_len=6, causal=True, pool="last")
+    clip = CLIP(VisionTransformer(8, 4, dim=16, depth=1, num_heads=2), text, embed_dim=8).to(device).double()
+    ids = torch.tensor([[4, 5, 6, 0, 0, 0], [7, 8, 0, 0, 0, 0], [4, 9, 10, 11, 5, 0], [6, 0, 0, 0, 0, 0]],
+                       device=device)
+    fast, slow = _both_paths(clip, lambda: clip.loss(images, ids))      # padding + causal masks
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    cap = tiny_captioner(device).double()
+    cap_ids = torch.tensor([[2, 4, 5, 3, 0], [2, 6, 3, 0, 0]], device=device)
+    fast, slow = _both_paths(cap, lambda: cap.loss(images[:2], cap_ids))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert not any(blk.need_weights for blk in cap.decoder.blocks)      # attention_maps leaves it fast
+    cap.attention_maps(images[:2], cap_ids)
+    assert not any(blk.need_weights for blk in cap.decoder.blocks)
+
+
+# ---- decoding: length-normalised beam search, sampling, KV cache (07_multimodal_transformers_decoding) ----
+
+def _tiny_captioner(device, vocab: int = 6, sharpen: float = 4.0) -> Captioner:
+    torch.manual_seed(0)
+    model = Captioner(vocab, GridEncoder(3, width=4, image_size=8), dim=16, depth=2, num_heads=2, max_len=8)
+    with torch.no_grad():
+        model.head.weight.mul_(sharpen)                      # peaky, so that hypotheses really compete
+    return model.to(device).eval()
+
+
+def _caption_log_prob(model, memory, seq):
+    ids = torch.tensor([[model.bos_id, *seq]], device=memory.device)
+    logp = F.log_softmax(model.decode(memory, ids[:, :-1]), dim=-1)[0]
+    return sum(logp[t, w].item() for t, w in enumerate(seq))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_beam_search_exhaustive_equals_brute_force(device, alpha):
+    from mmlearn.models import beam_search, length_penalty
+    model, L = _tiny_captioner(device), 3
+    images = torch.rand(3, 3, 8, 8, device=device)
+    words = [1, 3, 4, 5]                                     # every id but <pad> and <bos>; 3 = <eos>
+    with torch.no_grad():
+        memory = model.encode(images)
+        for i in range(len(images)):
+            hyps = [list(s) for n in range(1, L + 1) for s in itertools.product(words, repeat=n)
+                    if 3 not in s[:-1] and (n == L or s[-1] == 3)]
+            score = {tuple(s): _caption_log_prob(model, memory[i:i + 1], s) for s in hyps}
+            best = max(hyps, key=lambda s: score[tuple(s)] / length_penalty(torch.tensor(len(s)), alpha).item())
+            got, logp = beam_search(model, images[i:i + 1], L, len(words) ** L, alpha)
+            assert got[0] == (best[:-1] if best[-1] == 3 else best)
+            assert abs(logp.item() - score[tuple(best)]) < 1e-4
+
+
+def test_beam_search_alpha_zero_is_generate_and_width_one_is_greedy(device):
+    from mmlearn.models import beam_search
+    model, images = _tiny_captioner(device), torch.rand(5, 3, 8, 8, device=device)
+    for k in (1, 2, 3):
+        assert beam_search(model, images, 6, k)[0] == model.generate(images, 6, beam_size=k)
+    for alpha in (0.5, 3.0):                                 # one beam: every candidate has the same length
+        assert beam_search(model, images, 6, 1, alpha)[0] == model.generate(images, 6)
+
+
+def test_length_penalty_closed_form():
+    from mmlearn.models import length_penalty
+    n = torch.randint(1, 50, (7,))
+    torch.testing.assert_close(length_penalty(n, 0.7), ((5 + n.float()) / 6) ** 0.7)
+    assert torch.equal(length_penalty(n, 0.0), torch.ones(7))
+
+
+def _reference_nucleus(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep tokens in order of probability until their mass reaches p (a loop, float64)."""
+    out = torch.full_like(logits, float("-inf"))
+    for r, row in enumerate(logits):
+        probs, mass = row.softmax(-1), 0.0
+        for i in probs.argsort(descending=True).tolist():
+            out[r, i], mass = row[i], mass + probs[i].item()
+            if mass >= p:
+                break
+    return out
+
+
+def test_top_p_filter_keeps_the_smallest_set_with_mass_p(device):
+    from mmlearn.models import top_p_filter
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        B, V = int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(2, 40, (1,), generator=gen))
+        logits = 3 * torch.randn(B, V, generator=gen, dtype=torch.float64)
+        p = float(torch.rand((), generator=gen).clamp_min(1e-3))
+        got = top_p_filter(logits.to(device), p).cpu()
+        torch.testing.assert_close(got, _reference_nucleus(logits, p))
+        kept = got.isfinite()
+        mass = logits.softmax(-1).where(kept, torch.zeros(()))
+        assert bool((mass.sum(-1) >= p - 1e-12).all())                       # the kept mass reaches p ...
+        smallest = mass.masked_fill(~kept, 2.0).amin(-1)                     # ... and not without its least token
+        assert bool((mass.sum(-1) - smallest < p).all())
+    assert torch.equal(top_p_filter(logits, 1.0).isfinite(), torch.ones_like(logits, dtype=torch.bool))
+
+
+def test_sampling_temperature_to_zero_is_greedy(device):
+    from mmlearn.models import sample_captions
+    model, images = _tiny_captioner(device), torch.rand(6, 3, 8, 8, device=device)
+    greedy = model.generate(images, 7)
+    assert sample_captions(model, images, 7, temperature=0) == greedy
+    gen = torch.Generator(device=device).manual_seed(0)
+    assert sample_captions(model, images, 7, temperature=1e-4, generator=gen) == greedy
+    gen = torch.Generator(device=device).manual_seed(0)
+    assert sample_captions(model, images, 7, top_p=1e-6, generator=gen) == greedy      # nucleus of one token
+
+
+def test_sampling_frequencies_follow_the_model(device):
+    from mmlearn.models import sample_captions
+    model = _tiny_captioner(device, sharpen=1.0)
+    image = torch.rand(1, 3, 8, 8, device=device)
+    with torch.no_grad():
+        memory = model.encode(image)
+        p = model._next_log_probs(memory, torch.tensor([[model.bos_id]], device=device)).softmax(-1)[0].cpu()
+    n = 4000
+    gen = torch.Generator(device=device).manual_seed(0)
+    first = [c[0] if c else model.eos_id for c in sample_captions(model, image.expand(n, -1, -1, -1), 1,
+                                                                  generator=gen)]
+    freq = torch.bincount(torch.tensor(first), minlength=len(p)).double() / n
+    assert bool(((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt() + 1e-9).all())   # within 5 standard errors
+
+
+def test_cached_decoding_equals_recomputation(device):
+    from mmlearn.language_model import KVCache
+    from mmlearn.models import cross_attention_cache, decode_cached, generate_cached
+    model = _tiny_captioner(device)
+    images = torch.rand(4, 3, 8, 8, device=device)
+    ids = torch.randint(1, 6, (4, 8), device=device)
+    ids[:, 0] = model.bos_id
+    with torch.no_grad():
+        memory = model.encode(images)
+        full = model.decode(memory, ids)
+    for split in (1, 3):                                     # one token per step, or a prompt of 3 and then steps
+        cache, cross = KVCache(2), cross_attention_cache(model, memory)
+        parts = [decode_cached(model, cross, ids[:, :split], cache)]
+        parts += [decode_cached(model, cross, ids[:, t:t + 1], cache) for t in range(split, 8)]
+        torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert generate_cached(model, images, 7) == model.generate(images, 7)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda d, m, x: d.top_p_filter(torch.randn(2, 5), 0.0), r"p must be a number in \(0"),
+    (lambda d, m, x: d.top_p_filter(torch.randn(2, 5), 1.5), r"p must be a number in \(0"),
+    (lambda d, m, x: d.top_p_filter(torch.ones(2, 5, dtype=torch.long), 0.5),
+     "floating-point dtype"),
+    (lambda d, m, x: d.sample_captions(m, x, 5, temperature=-1.0),
+     r"temperature must be a number in \[0"),
+    (lambda d, m, x: d.sample_captions(m, x, 5, top_p=0), r"top_p must be a number"),
+    (lambda d, m, x: d.sample_captions(m, x, 20), r"max_len must be <= 7"),
+    (lambda d, m, x: d.beam_search(m, x, 5, 0), "beam_size must be an int >= 1"),
+    (lambda d, m, x: d.beam_search(m, x, 5, 2, alpha=-0.5), r"alpha must be"),
+    (lambda d, m, x: d.beam_search(m, x, 9, 2), r"max_len must be <= 7"),
+    (lambda d, m, x: d.length_penalty(torch.tensor([0, 2]), 1.0), "lengths >= 1"),
+    (lambda d, m, x: d.generate_cached(m, x, 8), r"max_len must be <= 7"),
+])
+def test_decoding_bad_input(call, match):
+    import mmlearn.models
+
+    model = _tiny_captioner(torch.device("cpu"))
+    with pytest.raises(ValueError, match=match):
+        call(mmlearn.models, model, torch.rand(2, 3, 8, 8))
+
+
+# ---- sincos_positions_2d (07_multimodal_transformers_vit_analysis) --------------------------------
+
+def _sincos_2d_direct(height: int, width: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """The formula cell by cell, channel by channel, in float64 (no vectorisation to share a bug with)."""
+    out = torch.empty(height * width, dim, dtype=torch.float64)
+    for r, c, j in itertools.product(range(height), range(width), range(dim)):
+        t, k = (c, j) if j < dim // 2 else (r, j - dim // 2)           # first half: column; second half: row
+        omega = base ** (-4 * (k // 2) / dim)
+        out[r * width + c, j] = math.sin(t * omega) if k % 2 == 0 else math.cos(t * omega)
+    return out
+
+
+@pytest.mark.parametrize("height, width, dim", [(1, 1, 4), (3, 5, 8), (4, 4, 16), (6, 2, 12), (2, 7, 20)])
+def test_sincos_positions_2d_matches_formula(height, width, dim, device):
+    from mmlearn.models import sincos_positions_2d
+
+    got = sincos_positions_2d(height, width, dim, device=device, dtype=torch.float64)
+    assert got.shape == (height * width, dim) and got.device.type == device.type
+    torch.testing.assert_close(got.cpu(), _sincos_2d_direct(height, width, dim), atol=1e-12, rtol=0)
+
+
+def test_sincos_positions_2d_known_values_and_offsets():
+    from mmlearn.models import sincos_positions_2d
+
+    P = sincos_positions_2d(4, 4, 8, dtype=torch.float64)
+    torch.testing.assert_close(P[0], torch.tensor([0.0, 1.0] * 4, dtype=torch.float64))   # cell (0, 0)
+    # cell (r=1, c=2): column half sin/cos of 2ω_i, row half of 1ω_i, ω = (1, 10000^(-1/2))
+    w = (1.0, 10000 ** -0.5)
+    want = [math.sin(2 * w[0]), math.cos(2 * w[0]), math.sin(2 * w[1]), math.cos(2 * w[1]),
+            math.sin(w[0]), math.cos(w[0]), math.sin(w[1]), math.cos(w[1])]
+    torch.testing.assert_close(P[1 * 4 + 2], torch.tensor(want, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    H, W, d = 5, 6, 12
+    P = sincos_positions_2d(H, W, d, dtype=torch.float64)
+    omega = 10000.0 ** (-4 * torch.arange(d // 4, dtype=torch.float64) / d)
+    for _ in range(20):                        # P[n]·P[m] = Σ cos(ω Δc) + Σ cos(ω Δr): only the offset matters
+        n, m = torch.randint(0, H * W, (2,), generator=gen).tolist()
+        dr, dc = n // W - m // W, n % W - m % W
+        torch.testing.assert_close(P[n] @ P[m], torch.cos(omega * dc).sum() + torch.cos(omega * dr).sum())
+
+
+@pytest.mark.parametrize("args, match", [
+    ((0, 4, 8), "height must be an int >= 1, got 0"),
+    ((3, 2.0, 8), "width must be an int >= 1, got float"),
+    ((3, 4, 6), "dim must be divisible by 4"),
+    ((3, 4, 0), "dim must be an int >= 1"),
+])
+def test_sincos_positions_2d_bad_input(args, match):
+    from mmlearn.models import sincos_positions_2d
+
+    with pytest.raises(ValueError, match=match):
+        sincos_positions_2d(*args)
+
+
+# ---- the LLaVA recipe on a frozen language model (07_multimodal_transformers_llava) --------------
+
+def _frozen_vlm(device, freeze_vision=False):
+    from mmlearn.language_model import CausalLM, LMConfig
+    from mmlearn.models import FrozenLMVLM
+
+    torch.manual_seed(0)
+    lm = CausalLM(LMConfig(V, block_size=32, dim=16, depth=2, num_heads=2)).to(device)
+    return FrozenLMVLM(GridEncoder(3, width=4, image_size=8), lm, freeze_vision=freeze_vision).to(device), lm
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_answer_mask_matches_a_loop(seed):
+    from mmlearn.models import answer_mask
+
+    g = torch.Generator().manual_seed(seed)
+    B, T = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 15, (1,), generator=g))
+    lengths = torch.randint(0, T + 1, (B,), generator=g)
+    prompt = (torch.rand(B, generator=g) * (lengths + 1)).long().clamp(max=lengths)
+    want = torch.tensor([[int(p) <= t < int(n) for t in range(T)] for p, n in zip(prompt, lengths)]).view(B, T)
+    assert torch.equal(answer_mask(prompt, lengths, T), want)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((torch.tensor([1]), torch.tensor([2, 3]), 4), "must be \\(B,\\)"),
+    ((torch.tensor([3]), torch.tensor([2]), 4), "prompt_lengths <= lengths"),
+    ((torch.tensor([1]), torch.tensor([5]), 4), "lengths <= T"),
+    (([1], torch.tensor([2]), 4), "prompt_lengths"),
+])
+def test_answer_mask_bad_input(args, match):
+    from mmlearn.models import answer_mask
+
+    with pytest.raises(ValueError, match=match):
+        answer_mask(*args)
+
+
+def test_frozen_lm_vlm_equals_the_lm_with_a_projected_prefix(device):
+    model, lm = _frozen_vlm(device)
+    model.double()
+    images = torch.rand(3, 3, 8, 8, device=device, dtype=torch.float64)
+    ids = torch.randint(2, V, (3, 6), device=device)
+    feats = model.vision_encoder(images)                                          # (3, 1, 16)
+    h_v = F.gelu(feats @ model.projector[0].weight.T + model.projector[0].bias) @ model.projector[2].weight.T \
+        + model.projector[2].bias
+    torch.testing.assert_close(model(images, ids), lm(ids, prefix=h_v)[:, h_v.shape[1]:], rtol=1e-12, atol=1e-12)
+    # the masked loss is the mean of -log p over the masked positions (t >= 1)
+    mask = torch.zeros(3, 6, dtype=torch.bool, device=device)
+    mask[:, 4:] = True
+    mask[1, 2] = True
+    logp = model(images, ids[:, :-1]).log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(model.loss(images, ids, mask), -logp[mask[:, 1:]].mean(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("freeze_vision", [False, True])
+def test_frozen_lm_vlm_trains_only_the_vision_side(device, freeze_vision):
+    model, lm = _frozen_vlm(device, freeze_vision)
+    model.train()
+    assert not lm.training and model.projector.training and model.vision_encoder.training != freeze_vision
+    images, ids = torch.rand(2, 3, 8, 8, device=device), torch.randint(2, V, (2, 5), device=device)
+    model.loss(images, ids, torch.ones(2, 5, dtype=torch.bool, device=device)).backward()
+    assert all(p.grad is None for p in lm.parameters())
+    assert model.projector[0].weight.grad.abs().sum() > 0
+    assert all((p.grad is None) == freeze_vision for p in model.vision_encoder.parameters())
+
+
+def test_frozen_lm_vlm_bad_input(device):
+    model, _ = _frozen_vlm(device)
+    images, ids = torch.rand(2, 3, 8, 8, device=device), torch.randint(2, V, (2, 5), device=device)
+    with pytest.raises(ValueError, match="target_mask must be bool"):
+        model.loss(images, ids, torch.ones(2, 4, dtype=torch.bool, device=device))
+    with pytest.raises(ValueError, match="target_mask must be bool"):
+        model.loss(images, ids, torch.zeros(2, 5, dtype=torch.bool, device=device))
+    with pytest.raises(ValueError, match="idx must hold int64"):
+        model(images, ids.float())

@@ -182,6 +182,29 @@ def _check_flash_block_size(peak_by_block) -> None:
                       tol=0.1 * want)
 
 
+@register("ex-ch06-fast-path-time", hint="Set block.need_weights on every block of encoder.blocks, then time "
+                                          "encoder(x).square().mean().backward() with time.perf_counter().")
+def _check_fast_path_time(train_step_seconds) -> None:
+    from mmlearn.attention import TransformerEncoder
+
+    gen = fresh_generator()
+    encoder = TransformerEncoder(8, 2, 2)
+    x = torch.randn(2, 5, 8, generator=gen)
+    for need_weights in (True, False, True):
+        encoder.zero_grad()
+        got = call_student(train_step_seconds, encoder, x, need_weights, what=f"need_weights={need_weights}")
+        if not isinstance(got, float) or not math.isfinite(got) or got <= 0:
+            raise CheckFailed(f"need_weights={need_weights}: expected a positive float (seconds), got {got!r}")
+        if any(b.need_weights != need_weights for b in encoder.blocks):
+            raise CheckFailed(f"need_weights={need_weights}: every block's need_weights must be set to it")
+        if any((b.attn_weights is None) == need_weights for b in encoder.blocks):
+            raise CheckFailed(f"need_weights={need_weights}: the blocks' attn_weights show that the forward pass "
+                              "did not run on this path (run encoder(x) after setting the flag)")
+        if any(p.grad is None or not p.grad.abs().sum() > 0 for p in encoder.blocks[0].attn.parameters()):
+            raise CheckFailed(f"need_weights={need_weights}: no gradient reached the attention parameters: "
+                              "call .backward() on encoder(x).square().mean()")
+
+
 # ---- 06_attention_cross -------------------------------------------------------------------------
 
 @register("ex-ch06-cross-count", hint="Each head has one weight per (query, key) pair.")
@@ -223,3 +246,51 @@ def _check_perplexity(perplexity) -> None:
     expect_close(got, torch.ones(1, dtype=torch.float64), what="one-hot row", atol=1e-10)
     w = torch.softmax(torch.randn(2, 4, 7, generator=gen, dtype=torch.float64), -1)
     expect_close(perplexity(w), torch.exp(-(w * w.log()).sum(-1)), what="random rows of shape (2, 4, 7)", atol=1e-10)
+
+
+def _reference_entropy_gap(maps: torch.Tensor) -> torch.Tensor:
+    def ent(p: torch.Tensor) -> torch.Tensor:
+        return -torch.special.xlogy(p, p).sum(-1)
+
+    return ent(maps.mean(-2)) - ent(maps).mean(-1)
+
+
+@register("ex-ch06-average-blurs", hint="G = H(mean of the maps over the head axis -2) - mean of the heads' H; "
+                                        "torch.special.xlogy(p, p) is p log p with 0 log 0 = 0.")
+def _check_entropy_gap(entropy_gap) -> None:
+    gen = fresh_generator()
+    disjoint = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.3, 0.7]], dtype=F64)
+    got = call_student(entropy_gap, disjoint.clone(), what="two heads on disjoint keys")
+    if torch.isnan(torch.as_tensor(got)).any():
+        raise CheckFailed("maps with zero weights give nan: use the convention 0 log 0 = 0 (torch.special.xlogy)")
+    expect_close(got, torch.tensor(math.log(2), dtype=F64), what="two heads on disjoint keys (G = log 2)",
+                 atol=1e-10)
+    same = torch.softmax(torch.randn(1, 6, generator=gen, dtype=F64), -1).expand(3, 6)
+    expect_close(call_student(entropy_gap, same.clone(), what="three equal heads"), torch.tensor(0.0, dtype=F64),
+                 what="three heads with the same map (G = 0)", atol=1e-10)
+    for case, shape in enumerate([(4, 2, 9), (2, 3, 5, 7)]):
+        maps = torch.softmax(3 * torch.randn(shape, generator=gen, dtype=F64), -1)
+        expect_close(call_student(entropy_gap, maps.clone(), what=f"case {case}"), _reference_entropy_gap(maps),
+                     what=f"case {case}: maps of shape {shape} (..., H, S)", atol=1e-10, rtol=1e-8)
+
+
+def _reference_unassigned_loss(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    same = ((pos - target) ** 2).sum(-1).mean(-1)
+    swapped = ((pos - target.flip(1)) ** 2).sum(-1).mean(-1)
+    return torch.minimum(same, swapped).mean()
+
+
+@register("ex-ch06-unassigned-heads", hint="For each sample: (1/2)(|o1-y1|² + |o2-y2|²) and the same with y1, y2 "
+                                           "swapped; take the smaller, then the mean over the batch.")
+def _check_unassigned_loss(unassigned_loss) -> None:
+    gen = fresh_generator()
+    for case, B in enumerate((1, 5, 16)):
+        pos = torch.rand(B, 2, 2, generator=gen, dtype=F64)
+        target = torch.rand(B, 2, 2, generator=gen, dtype=F64)
+        maps = torch.softmax(torch.randn(B, 2, 64, generator=gen, dtype=F64), -1)
+        got = call_student(unassigned_loss, (pos.clone(), maps), target.clone(), what=f"case {case}")
+        expect_close(got, _reference_unassigned_loss(pos, target), what=f"case {case}: batch of {B}",
+                     atol=1e-10, rtol=1e-8)
+        swapped = call_student(unassigned_loss, (pos.flip(1), maps.flip(1)), target.clone(), what=f"case {case}")
+        expect_close(swapped, got, what=f"case {case}: the same with the two heads swapped (must not change)",
+                     atol=1e-10, rtol=1e-8)
