@@ -114,18 +114,20 @@ def main():
         "in": ("in", "Chapters 3–4", ["models with", "parameters w"]),
         "gd": ("nb", "Gradient descent", ["descent lemma", "step size < 2/L", "conditioning"]),
         "opt": ("nb", "Optimisers", ["minibatches, momentum", "Adam, AdamW", "warm-up + cosine"]),
-        "loss": ("nb", "Losses", ["cross-entropy, LSE", "KL, InfoNCE", "the CLIP loss"]),
-        "bp": ("nb", "Backpropagation", ["scalar autograd", "gradient checking"]),
+        "pre": ("nb", "Preconditioning", ["Newton, Jacobi", "Adam as a diagonal", "preconditioner; warm-up"]),
+        "loss": ("nb", "Losses", ["cross-entropy, LSE", "KL, InfoNCE bound", "the CLIP loss"]),
+        "bp": ("nb", "Backpropagation", ["scalar autograd, matrix", "backward, checkpointing", "forward vs reverse"]),
         "out": ("out", "Chapters 6–8", ["hand-derived backward", "CLIP training"]),
-    }), [("in", "gd"), ("gd", "opt"), ("opt", "loss"), ("loss", "bp"), ("bp", "out")])
+    }, cols=4), chain(["in", "gd", "opt", "pre", "loss", "bp", "out"]), width=12.5, height=4.4)
     roadmap("ch06", "Chapter 6 — attention, from a lookup to the Transformer", snake({
         "in": ("in", "Chapters 2, 5", ["tokens, masks;", "softmax, backprop"]),
         "der": ("nb", "Attention derived", ["soft lookup", "softmax, the square root", "of the key width"]),
         "tr": ("nb", "Transformer block", ["masks, multi-head", "positions, FFN", "LayerNorm, residuals"]),
-        "bf": ("nb", "Backward + tiling", ["gradient by hand", "online softmax", "flash-style tiles"]),
-        "cr": ("nb", "Cross-attention", ["text queries,", "image keys/values"]),
+        "lm": ("nb", "A language model", ["trained on pydoc text", "KV cache, sampling", "Pre-LN vs Post-LN"]),
+        "bf": ("nb", "Backward + tiling", ["gradient by hand", "online softmax", "FlashAttention fwd + bwd"]),
+        "cr": ("nb", "Cross-attention", ["text queries,", "image keys/values", "heads vs their average"]),
         "out": ("out", "Chapter 7", ["ViT, CLIP, captioner,", "VLM connectors"]),
-    }), [("in", "der"), ("der", "tr"), ("tr", "bf"), ("bf", "cr"), ("cr", "out")])
+    }, cols=4), chain(["in", "der", "tr", "lm", "bf", "cr", "out"]), width=12.5, height=4.4)
     roadmap("ch07", "Chapter 7 — multimodal models built from Transformers", snake({
         "in": ("in", "Chapters 3–6", ["encoders, losses,", "Transformer blocks"]),
         "vit": ("nb", "ViT", ["patches as tokens", "vs the CNN on", "small data"]),
