@@ -232,3 +232,43 @@ def gradcheck(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, eps
     auto = torch.zeros_like(x) if auto is None else auto
     num = numerical_gradient(f, x, eps)
     return bool(torch.allclose(auto, num, atol=atol, rtol=rtol))
+
+
+def _require_vector_fn(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    x = require_tensor(x, "x")
+    if x.ndim != 1 or not x.is_floating_point():
+        raise ValueError(f"x must be a 1-D floating-point tensor (n,), got shape {tuple(x.shape)}, dtype {x.dtype}")
+    y = f(x)
+    if not isinstance(y, torch.Tensor) or y.ndim != 1:
+        raise ValueError(f"f must map (n,) to a 1-D tensor (m,), got {type(y).__name__} "
+                         f"{tuple(y.shape) if isinstance(y, torch.Tensor) else ''}")
+    return x.detach(), y.shape[0]
+
+
+def jacobian_forward(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Jacobian of ``f: R^n -> R^m`` at ``x`` by forward mode: one Jacobian-vector product per input.
+
+    .. math:: J e_i = \\frac{d}{d\\epsilon} f(x + \\epsilon e_i)\\Big|_{\\epsilon=0}, \\qquad i = 1, \\dots, n
+
+    ``n`` calls of ``torch.func.jvp``, each about the cost of one evaluation of ``f``. Returns ``(m, n)``.
+    """
+    x, _ = _require_vector_fn(f, x)
+    eye = torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
+    columns = [torch.func.jvp(f, (x,), (eye[i],))[1] for i in range(x.shape[0])]   # n tensors (m,)
+    return torch.stack(columns, dim=1)                                              # (m, n)
+
+
+def jacobian_reverse(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Jacobian of ``f: R^n -> R^m`` at ``x`` by reverse mode: one vector-Jacobian product per output.
+
+    .. math:: e_j^\\top J = \\nabla_x \\bigl(e_j^\\top f(x)\\bigr), \\qquad j = 1, \\dots, m
+
+    One forward pass, then ``m`` backward passes (``torch.autograd.grad`` with ``retain_graph``),
+    each about the cost of one evaluation of ``f``. Returns ``(m, n)``.
+    """
+    x, m = _require_vector_fn(f, x)
+    xr = x.clone().requires_grad_(True)
+    y = f(xr)                                                                       # (m,)
+    eye = torch.eye(m, dtype=y.dtype, device=y.device)
+    rows = [torch.autograd.grad(y, xr, eye[j], retain_graph=j < m - 1, allow_unused=True)[0] for j in range(m)]
+    return torch.stack([torch.zeros_like(x) if r is None else r for r in rows])     # (m, n)

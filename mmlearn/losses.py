@@ -225,3 +225,22 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: to
 
 # Chapter 9's CTC loss lives next to its decoders in mmlearn.alignment; it is a loss, so it is here too.
 from mmlearn.alignment import ctc_loss  # noqa: E402,F401
+
+
+def info_nce_bound(scores: torch.Tensor) -> torch.Tensor:
+    """The InfoNCE lower bound on mutual information from an ``(N, N)`` matrix of critic scores.
+
+    .. math:: I(X; Y) \\ge \\log N - \\mathcal{L}_{\\text{InfoNCE}}, \\qquad
+              \\mathcal{L}_{\\text{InfoNCE}} = -\\frac1N \\sum_{i=1}^N \\log
+              \\frac{e^{f(x_i, y_i)}}{\\sum_{j=1}^N e^{f(x_i, y_j)}}
+
+    ``scores[i, j] = f(x_i, y_j)`` for ``N`` pairs ``(x_i, y_i)`` drawn from the joint (van den Oord et
+    al., 2018; Poole et al., 2019). In expectation over batches it is at most ``I(X; Y)`` for any critic
+    ``f``, and at most ``log N`` whatever the data. Returns a scalar (nats).
+    """
+    scores = require_floating(require_rank(scores, "scores", 2, "(N, N)"), "scores")
+    n = scores.shape[0]
+    if scores.shape[1] != n:
+        raise ValueError(f"scores must be square (N, N), got shape {tuple(scores.shape)}")
+    return torch.log(torch.tensor(float(n), dtype=scores.dtype, device=scores.device)) - cross_entropy(
+        scores, torch.arange(n, device=scores.device))

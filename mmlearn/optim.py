@@ -15,6 +15,8 @@ Momentum           b ← βb + (1−τ)g;  w ← w − η b               torch.
 Adam               m, v moments, bias-corrected                torch.optim.Adam
 AdamW              Adam with decoupled weight decay            torch.optim.AdamW
 =================  ==========================================  =====================================
+
+``preconditioned_descent`` is w ← w − η P ∇L(w): P = I gives gradient descent, P = H⁻¹ Newton's method.
 """
 
 from __future__ import annotations
@@ -67,6 +69,25 @@ def gradient_descent(grad_fn: Callable[[torch.Tensor], torch.Tensor], w0: torch.
         w = w - lr * g
         trajectory.append(w)
     return torch.stack(trajectory)                     # (steps + 1, *w0.shape)
+
+
+
+def preconditioned_descent(grad_fn: Callable[[torch.Tensor], torch.Tensor], w0: torch.Tensor,
+                           P: torch.Tensor, lr: float, steps: int) -> torch.Tensor:
+    """Preconditioned gradient descent on a vector ``w`` (n,), returning the whole trajectory.
+
+    .. math:: w_{t+1} = w_t - \\eta\\, P\\, \\nabla L(w_t)
+
+    ``P`` is ``(n, n)`` (symmetric positive definite for a descent method): ``P = I`` is
+    :func:`gradient_descent`, ``P = H^{-1}`` with ``lr = 1`` is Newton's method on a quadratic with
+    Hessian ``H``, ``P = diag(H)^{-1}`` is the Jacobi (diagonal) preconditioner. Returns ``(steps + 1, n)``.
+    """
+    w0 = require_tensor(w0, "w0")
+    P = require_tensor(P, "P")
+    if w0.ndim != 1 or P.shape != (w0.shape[0], w0.shape[0]):
+        raise ValueError(f"w0 must be (n,) and P (n, n), got w0 {tuple(w0.shape)} and P {tuple(P.shape)}")
+    P = P.to(w0.dtype)
+    return gradient_descent(lambda w: P @ grad_fn(w), w0, lr, steps)
 
 
 def _closure_loss(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:

@@ -245,3 +245,25 @@ def test_siglip_loss_is_stable_and_has_the_predicted_start(device):
     eye = torch.eye(64, dtype=torch.float64, device=device)
     want = math.log(2) + 63 * math.log1p(math.exp(-10))
     assert abs(siglip_loss(eye, eye, math.log(10), -10.0).item() - want) < 1e-12
+
+
+@pytest.mark.parametrize("n, scale, seed", [(1, 1.0, 0), (4, 3.0, 1), (33, 0.5, 2), (128, 20.0, 3)])
+def test_info_nce_bound_matches_cross_entropy_and_is_at_most_log_n(n, scale, seed):
+    from mmlearn.losses import info_nce_bound
+
+    g = torch.Generator().manual_seed(seed)
+    scores = scale * torch.randn(n, n, generator=g, dtype=torch.float64)
+    bound = info_nce_bound(scores)
+    assert_close(bound, math.log(n) - F.cross_entropy(scores, torch.arange(n)))
+    assert bound.item() <= math.log(n) + 1e-12
+    perfect = info_nce_bound(1e4 * torch.eye(n, dtype=torch.float64))   # the partner always wins
+    assert_close(perfect, torch.tensor(math.log(n), dtype=torch.float64))
+
+
+def test_info_nce_bound_bad_input():
+    from mmlearn.losses import info_nce_bound
+
+    with pytest.raises(ValueError, match=r"square \(N, N\)"):
+        info_nce_bound(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"\(N, N\)"):
+        info_nce_bound(torch.zeros(3))

@@ -203,3 +203,70 @@ def test_bad_input_gradient_descent_and_schedule():
         warmup_cosine(0, warmup_steps=10, total_steps=10)
     with pytest.raises(ValueError, match=r"min_factor must be in \[0, 1\]"):
         warmup_cosine(0, warmup_steps=1, total_steps=10, min_factor=2.0)
+
+
+# ---- preconditioned descent, Newton, and the forward/reverse-mode Jacobians of mmlearn.autograd -------------
+
+@pytest.mark.parametrize("n, seed", [(2, 0), (5, 1), (9, 2)])
+def test_preconditioned_descent_identity_newton_and_closed_form(device, n, seed):
+    from mmlearn.optim import preconditioned_descent
+
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))[0]
+    A = (Q @ torch.diag(torch.rand(n, generator=g, dtype=torch.float64) * 9 + 1) @ Q.T).to(device)  # SPD
+    b = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+    w0 = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+
+    def grad(w):
+        return A @ w - b                                     # L = w^T A w / 2 - b^T w
+
+    eye = torch.eye(n, dtype=torch.float64, device=device)
+    assert_close(preconditioned_descent(grad, w0, eye, 0.05, 7), gradient_descent(grad, w0, 0.05, 7))
+    newton = preconditioned_descent(grad, w0, torch.linalg.inv(A), 1.0, 1)
+    assert_close(newton[1], torch.linalg.solve(A, b))        # Newton: the minimum in one step
+    P = torch.diag(1 / torch.diagonal(A))
+    traj = preconditioned_descent(grad, w0, P, 0.3, 5)
+    w = w0.clone()
+    for t in range(5):                                       # w_{t+1} = w_t - lr P (A w_t - b)
+        w = w - 0.3 * P @ (A @ w - b)
+        assert_close(traj[t + 1], w)
+
+
+def test_preconditioned_descent_bad_input():
+    from mmlearn.optim import preconditioned_descent
+
+    with pytest.raises(ValueError, match=r"P \(n, n\)"):
+        preconditioned_descent(lambda w: w, torch.zeros(3), torch.eye(2), 0.1, 2)
+    with pytest.raises(ValueError, match=r"w0 must be \(n,\)"):
+        preconditioned_descent(lambda w: w, torch.zeros(2, 2), torch.eye(2), 0.1, 2)
+    with pytest.raises(ValueError, match="lr"):
+        preconditioned_descent(lambda w: w, torch.zeros(2), torch.eye(2), -1.0, 2)
+
+
+@pytest.mark.parametrize("n, m, seed", [(1, 4, 0), (6, 3, 1), (5, 5, 2), (8, 1, 3)])
+def test_jacobian_forward_and_reverse_equal_torch(device, n, m, seed):
+    from mmlearn.autograd import jacobian_forward, jacobian_reverse
+
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.randn(7, n, generator=g, dtype=torch.float64).to(device)
+    W2 = torch.randn(m, 7, generator=g, dtype=torch.float64).to(device)
+
+    def f(x):
+        return W2 @ torch.tanh(W1 @ x) + x.square().sum()
+
+    x = torch.randn(n, generator=g, dtype=torch.float64).to(device)
+    ref = torch.autograd.functional.jacobian(f, x)           # (m, n)
+    assert_close(jacobian_forward(f, x), ref)
+    assert_close(jacobian_reverse(f, x), ref)
+
+
+def test_jacobian_bad_input():
+    from mmlearn.autograd import jacobian_forward, jacobian_reverse
+
+    for jac in (jacobian_forward, jacobian_reverse):
+        with pytest.raises(ValueError, match=r"x must be a 1-D floating-point tensor \(n,\)"):
+            jac(torch.sin, torch.zeros(2, 2))
+        with pytest.raises(ValueError, match=r"x must be a 1-D floating-point"):
+            jac(torch.sin, torch.zeros(3, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"f must map \(n,\) to a 1-D tensor"):
+            jac(lambda x: x.sum(), torch.zeros(3))

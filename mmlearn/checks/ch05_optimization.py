@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mmlearn.checks import CheckFailed, expect_close, expect_number, fresh_generator, register
+from mmlearn.checks import CheckFailed, call_student, expect_close, expect_number, fresh_generator, register
 
 
 def _random_spd(gen: torch.Generator, d: int, kappa: float) -> torch.Tensor:
@@ -257,3 +257,81 @@ def _check_rotated(rotated) -> None:
             raise CheckFailed(f"{degrees}°: you returned R^T A R, the rotation by {-degrees}°")
         expect_close(got.cpu() if isinstance(got, torch.Tensor) else got, R @ A @ R.T,
                      what=f"rotation by {degrees}°", atol=1e-12)
+
+
+# ---- 05_optimization_preconditioning --------------------------------------------------------------
+
+@register("ex-ch05-jacobi-rotated",
+          hint="h11 = μc² + Ls², h22 = μs² + Lc², h12 = (μ − L)cs; then r = h12/√(h11 h22) and "
+               "κ = (1 + |r|)/(1 − |r|).")
+def _check_jacobi_rotated(answer) -> None:
+    t = math.radians(30)
+    H = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
+    H = H @ torch.diag(torch.tensor([1 / 50, 1.0], dtype=torch.float64)) @ H.T
+    d = torch.diagonal(H).rsqrt()
+    lam = torch.linalg.eigvalsh(d[:, None] * H * d[None, :])
+    expect_number(answer, (lam.max() / lam.min()).item(), what="κ of D^(-1/2) H D^(-1/2) at θ = 30°", tol=1e-3)
+
+
+@register("ex-ch05-newton", hint="Each step: w ← w − solve(hess_fn(w), grad_fn(w)); keep every iterate, w0 first.")
+def _check_newton(newton) -> None:
+    gen = fresh_generator()
+    for case in range(3):
+        n = int(torch.randint(2, 6, (1,), generator=gen))
+        A = _random_spd(gen, n, kappa=100.0)
+        b = torch.randn(n, generator=gen, dtype=torch.float64)
+        w0 = torch.randn(n, generator=gen, dtype=torch.float64)
+        traj = call_student(newton, lambda w, A=A, b=b: A @ w - b, lambda w, A=A: A, w0, 2,
+                            what=f"case {case}: a quadratic")
+        expect_close(traj, torch.stack([w0, torch.linalg.solve(A, b), torch.linalg.solve(A, b)]),
+                     what=f"case {case}: trajectory (3, {n}) on a quadratic (one step reaches the minimum)", atol=1e-8)
+    c = torch.randn(3, generator=gen, dtype=torch.float64)
+
+    def grad(w):                       # f(w) = Σ log cosh(w − c) + ‖w‖² / 2
+        return torch.tanh(w - c) + w
+
+    def hess(w):
+        return torch.diag(1 - torch.tanh(w - c) ** 2 + 1)
+
+    w, expected = torch.zeros(3, dtype=torch.float64), [torch.zeros(3, dtype=torch.float64)]
+    for _ in range(4):
+        w = w - torch.linalg.solve(hess(w), grad(w))
+        expected.append(w)
+    got = call_student(newton, grad, hess, torch.zeros(3, dtype=torch.float64), 4, what="a non-quadratic function")
+    expect_close(got, torch.stack(expected), what="trajectory (5, 3) on Σ log cosh(w − c) + ‖w‖²/2", atol=1e-8)
+
+
+@register("ex-ch05-adam-eps", hint="v̂ = exp_avg_sq / (1 − 0.999^step) from opt.state[w]; P = diag(1/(√v̂ + eps)); "
+                                    "κ is the ratio of the extreme eigenvalues of P^½ H P^½.")
+def _check_adam_eps(adam_kappa) -> None:
+    from mmlearn.optim import Adam
+
+    gen = fresh_generator()
+    for case, eps in enumerate((1e-8, 1e-2, 1.0)):
+        H = _random_spd(gen, 2, kappa=30.0) / 10
+        w0 = torch.randn(2, generator=gen, dtype=torch.float64)
+        w = w0.clone().requires_grad_(True)
+        opt = Adam([w], lr=0.05, eps=eps)
+        for _ in range(50):
+            opt.zero_grad()
+            (0.5 * w @ H @ w).backward()
+            opt.step()
+        st = opt.state[w]
+        d = 1 / ((st["exp_avg_sq"] / (1 - 0.999 ** st["step"])).sqrt() + eps)
+        lam = torch.linalg.eigvalsh(d.sqrt()[:, None] * H * d.sqrt()[None, :])
+        kappa = (lam.max() / lam.min()).item()
+        got = call_student(adam_kappa, H, w0, eps, 0.05, 50, what=f"case {case}")
+        expect_number(got, kappa, what=f"case {case}: κ after 50 Adam steps, eps = {eps:g}", tol=1e-4 * kappa)
+
+
+@register("ex-ch05-infonce-critic", hint="scores = x @ W @ y.T is (N, N); the bound is log N minus the cross-entropy "
+                                          "of those scores with targets arange(N).")
+def _check_infonce_critic(bilinear_bound) -> None:
+    gen = fresh_generator()
+    for case in range(3):
+        n, d = int(torch.randint(2, 40, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
+        x, y = (torch.randn(n, d, generator=gen, dtype=torch.float64) for _ in range(2))
+        W = torch.randn(d, d, generator=gen, dtype=torch.float64)
+        expected = math.log(n) - torch.nn.functional.cross_entropy(x @ W @ y.T, torch.arange(n))
+        got = call_student(bilinear_bound, x, y, W, what=f"case {case}: N = {n}, d = {d}")
+        expect_close(got, expected, what=f"case {case}: the bound for N = {n}, d = {d} (a scalar, nats)", atol=1e-8)
