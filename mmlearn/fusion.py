@@ -16,6 +16,11 @@ Two families, and the lesson of the chapter:
 Also here: :class:`FusionClassifier` (encoders → fusion → head), :class:`ModalityDropout`
 (ModDrop, Neverova et al. 2016), :func:`emap` (the additive projection of Hessel & Lee 2020) and
 :func:`agreement_pairs` (agreement tasks on which each modality alone is exactly at chance).
+
+Bilinear pooling, modality competition and information decomposition (notebook 04_fusion_competition):
+:func:`count_sketch` and :class:`MCBFusion` (Fukui et al. 2016), :class:`MutanFusion` (Ben-younes et al.
+2017; MLB of Kim et al. 2017 is :class:`ProductFusion` followed by a linear head),
+:func:`ogm_ge_coefficients` (Peng et al. 2022) and :func:`partial_information` (Williams & Beer 2010).
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from mmlearn._validate import require_floating, require_rank
+from mmlearn._validate import require_floating, require_min_rank, require_rank
 from mmlearn.attention import MultiHeadAttention
 
 __all__ = [
     "SumFusion", "ProductFusion", "ConcatFusion", "GatedFusion", "BilinearFusion", "TensorFusion",
     "LowRankFusion", "FiLM", "CrossAttentionFusion", "LateFusion", "FusionClassifier", "ModalityDropout",
-    "emap", "agreement_pairs",
+    "emap", "agreement_pairs", "count_sketch", "MCBFusion", "MutanFusion", "ogm_ge_coefficients",
+    "partial_information",
 ]
 
 
@@ -591,3 +597,161 @@ def agreement_pairs(attr: torch.Tensor, n: int, *, generator: torch.Generator | 
         negr = rows[y[rows] == 0]
         j[negr] = pool[torch.randint(len(pool), (len(negr),), generator=g)]
     return i, j, y
+
+
+# ---- bilinear pooling, modality competition, information decomposition (04_fusion_competition) ------
+
+def count_sketch(x: torch.Tensor, h: torch.Tensor, s: torch.Tensor, sketch_dim: int) -> torch.Tensor:
+    r"""Count sketch (Charikar et al., 2002) of the last axis of ``x``.
+
+    .. math:: \Psi(x)_j = \sum_{i \,:\, h(i) = j} s(i)\, x_i, \qquad h: [d] \to [D], \; s: [d] \to \{-1, +1\}.
+
+    ``x`` is ``(..., d)``, ``h`` a ``(d,)`` integer tensor with values in ``[0, sketch_dim)``, ``s`` a
+    ``(d,)`` tensor of signs. Linear in ``x``: :math:`\Psi(x) = x S^\top` with the sparse matrix
+    :math:`S_{ji} = s(i)\,[h(i) = j]`. Returns ``(..., sketch_dim)``.
+    """
+    require_min_rank(x, "x", 1, "(..., d)")
+    require_floating(x, "x")
+    d = x.shape[-1]
+    if not isinstance(sketch_dim, int) or isinstance(sketch_dim, bool) or sketch_dim <= 0:
+        raise ValueError(f"count_sketch: sketch_dim must be a positive int, got {sketch_dim!r}")
+    if not isinstance(h, torch.Tensor) or h.shape != (d,) or h.dtype.is_floating_point:
+        raise ValueError(f"count_sketch: h must be an integer tensor of shape ({d},), got "
+                         f"{getattr(h, 'dtype', type(h))} {tuple(getattr(h, 'shape', ()))}")
+    if d and (h.min() < 0 or h.max() >= sketch_dim):
+        raise ValueError(f"count_sketch: h must take values in [0, {sketch_dim}), got [{h.min()}, {h.max()}]")
+    if not isinstance(s, torch.Tensor) or s.shape != (d,) or not bool((s.abs() == 1).all()):
+        raise ValueError(f"count_sketch: s must be a ({d},) tensor of signs ±1, got {tuple(getattr(s, 'shape', ()))}")
+    out = x.new_zeros(*x.shape[:-1], sketch_dim)
+    return out.index_add_(-1, h.to(x.device), x * s.to(x.device, x.dtype))      # (..., D)
+
+
+class MCBFusion(_Fusion):
+    r"""Multimodal compact bilinear pooling (Fukui et al., 2016): a count sketch of the outer product.
+
+    .. math:: z = \Psi(x_a \otimes x_b) = \Psi_a(x_a) * \Psi_b(x_b)
+              = \mathcal{F}^{-1}\big(\mathcal{F}(\Psi_a(x_a)) \odot \mathcal{F}(\Psi_b(x_b))\big),
+
+    where :math:`*` is circular convolution of length :math:`D` (``sketch_dim``) and the sketch of the
+    outer product uses :math:`h(i, j) = (h_a(i) + h_b(j)) \bmod D`, :math:`s(i, j) = s_a(i)\, s_b(j)`.
+    The hashes are fixed random buffers (``seed``): the operator has **no** learned parameters, except a
+    ``Linear(D, out_dim)`` when ``out_dim`` is given. Cost :math:`O(d_a + d_b + D \log D)` per sample
+    instead of :math:`d_a d_b`.
+    """
+
+    n_modalities = 2
+
+    def __init__(self, in_dims: Sequence[int], out_dim: int | None = None, *, sketch_dim: int = 256,
+                 seed: int = 0) -> None:
+        super().__init__(in_dims, out_dim)
+        if not isinstance(sketch_dim, int) or isinstance(sketch_dim, bool) or sketch_dim <= 0:
+            raise ValueError(f"MCBFusion: sketch_dim must be a positive int, got {sketch_dim!r}")
+        self.sketch_dim = sketch_dim
+        g = torch.Generator().manual_seed(seed)
+        for name, d in zip("ab", self.in_dims):
+            self.register_buffer(f"h_{name}", torch.randint(sketch_dim, (d,), generator=g))
+            self.register_buffer(f"s_{name}", 2.0 * torch.randint(2, (d,), generator=g) - 1)
+        self.proj = nn.Linear(sketch_dim, out_dim) if out_dim is not None else None
+        self.out_dim = out_dim or sketch_dim
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        x_a, x_b = self._check(features)
+        D = self.sketch_dim
+        fa = torch.fft.rfft(count_sketch(x_a, self.h_a, self.s_a, D), n=D)      # (B, D // 2 + 1), complex
+        fb = torch.fft.rfft(count_sketch(x_b, self.h_b, self.s_b, D), n=D)
+        z = torch.fft.irfft(fa * fb, n=D)                                       # circular convolution: (B, D)
+        return z if self.proj is None else self.proj(z)
+
+
+class MutanFusion(_Fusion):
+    r"""MUTAN (Ben-younes et al., 2017): a Tucker decomposition of the bilinear weight tensor.
+
+    .. math:: \tilde x_a = \tanh(W_a x_a), \quad \tilde x_b = \tanh(W_b x_b), \qquad
+              z_k = \sum_{i,j} \mathcal{T}_{ijk}\, \tilde x_{a,i}\, \tilde x_{b,j}, \qquad y = W_o z,
+
+    with factor matrices :math:`W_a \in \mathbb{R}^{t_a \times d_a}`, :math:`W_b`, :math:`W_o` and a small
+    core :math:`\mathcal{T} \in \mathbb{R}^{t_a \times t_b \times t_o}` whose slices
+    :math:`\mathcal{T}_{::k}` have rank ``rank`` :math:`R`:
+    :math:`z = \sum_{r=1}^{R} (M_r^\top \tilde x_a) \odot (N_r^\top \tilde x_b)`. That core is exactly
+    :class:`LowRankFusion` on :math:`(\tilde x_a, \tilde x_b)` (which also appends a 1, keeping the
+    unimodal terms), so it is reused here as ``core``. ``proj_dims`` :math:`= (t_a, t_b)`, ``core_dim``
+    :math:`= t_o`; ``out_dim`` defaults to ``core_dim`` (then :math:`W_o` is the identity).
+    """
+
+    n_modalities = 2
+
+    def __init__(self, in_dims: Sequence[int], out_dim: int | None = None, *, proj_dims: Sequence[int] = (16, 16),
+                 core_dim: int = 16, rank: int = 2) -> None:
+        super().__init__(in_dims, out_dim)
+        t = _check_in_dims(proj_dims, "MutanFusion (proj_dims)", 2)
+        self.proj = nn.ModuleList(nn.Linear(d, t_m, bias=False) for d, t_m in zip(self.in_dims, t))
+        self.core = LowRankFusion(t, core_dim, rank=rank)
+        self.out = nn.Linear(core_dim, out_dim, bias=False) if out_dim is not None else None
+        self.out_dim = out_dim or core_dim
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        xs = self._check(features)
+        t_a, t_b = (torch.tanh(p(x)) for p, x in zip(self.proj, xs))          # (B, t_a), (B, t_b)
+        z = self.core(t_a, t_b)                                                # (B, t_o)
+        return z if self.out is None else self.out(z)                          # (B, out_dim)
+
+
+def ogm_ge_coefficients(score_a: float | torch.Tensor, score_b: float | torch.Tensor, alpha: float, *,
+                        shifted: bool = True) -> tuple[float, float]:
+    r"""On-the-fly gradient modulation (OGM, Peng et al., 2022): how much to slow the dominant modality.
+
+    With :math:`s_m = \sum_{i \in \text{batch}} \operatorname{softmax}(f_m(x_i))_{y_i}` the confidence of
+    modality :math:`m`'s own logits in the true class and :math:`\rho = s_a / s_b`:
+
+    .. math:: k_a = 1 - \tanh\big(\alpha (\rho - 1)\big) \text{ if } \rho > 1, \text{ else } 1; \qquad
+              k_b = 1 - \tanh\big(\alpha (1/\rho - 1)\big) \text{ if } \rho < 1, \text{ else } 1.
+
+    The encoder gradients of modality :math:`m` are then multiplied by :math:`k_m`. ``shifted=False``
+    uses :math:`\tanh(\alpha \rho)` instead of :math:`\tanh(\alpha(\rho - 1))`, the form of the paper
+    (discontinuous at :math:`\rho = 1`). Returns ``(k_a, k_b)``, each in :math:`(0, 1]`.
+    """
+    s_a, s_b = float(score_a), float(score_b)
+    if not (s_a > 0 and s_b > 0 and math.isfinite(s_a) and math.isfinite(s_b)):
+        raise ValueError(f"ogm_ge_coefficients: scores must be positive and finite, got {s_a!r} and {s_b!r}")
+    if not (isinstance(alpha, (int, float)) and alpha >= 0):
+        raise ValueError(f"ogm_ge_coefficients: alpha must be a number >= 0, got {alpha!r}")
+    rho = s_a / s_b
+    k = lambda r: 1.0 - math.tanh(alpha * (r - 1.0 if shifted else r))        # r > 1: the dominant one
+    return (k(rho), 1.0) if rho > 1 else ((1.0, k(1.0 / rho)) if rho < 1 else (1.0, 1.0))
+
+
+def _mutual_information(p_xy: torch.Tensor) -> torch.Tensor:
+    """I(X; Y) in bits of a 2-D joint table."""
+    p_x, p_y = p_xy.sum(1, keepdim=True), p_xy.sum(0, keepdim=True)
+    ratio = torch.where(p_xy > 0, p_xy / (p_x * p_y), torch.ones_like(p_xy))
+    return (p_xy * torch.log2(ratio)).sum()
+
+
+def partial_information(p: torch.Tensor) -> dict[str, float]:
+    r"""Partial information decomposition of :math:`I(Y; A, B)` (Williams & Beer, 2010), in bits.
+
+    ``p`` is the joint table :math:`p(a, b, y)`, shape ``(|A|, |B|, |Y|)``. Redundancy is :math:`I_{\min}`:
+
+    .. math:: R = \sum_y p(y) \min_{M \in \{A, B\}} I(Y{=}y; M), \qquad
+              I(Y{=}y; M) = \sum_m p(m \mid y) \log_2 \frac{p(y \mid m)}{p(y)},
+
+    then :math:`U_A = I(Y;A) - R`, :math:`U_B = I(Y;B) - R`,
+    :math:`S = I(Y;A,B) - I(Y;A) - I(Y;B) + R`, so that :math:`R + U_A + U_B + S = I(Y; A, B)`.
+    Returns a dict with keys ``redundancy``, ``unique_a``, ``unique_b``, ``synergy``, ``total``.
+    """
+    require_rank(p, "p", 3, "(|A|, |B|, |Y|)")
+    if p.dtype.is_complex or not p.dtype.is_floating_point or (p < 0).any() or abs(p.sum().item() - 1) > 1e-6:
+        raise ValueError(f"partial_information: p must be a non-negative float table summing to 1, got sum "
+                         f"{p.sum().item() if p.dtype.is_floating_point else p.dtype}")
+    p = p.double()
+    p_ay, p_by, p_y = p.sum(1), p.sum(0), p.sum((0, 1))                       # (|A|,|Y|), (|B|,|Y|), (|Y|,)
+    i_a, i_b = _mutual_information(p_ay), _mutual_information(p_by)
+    i_ab = _mutual_information(p.reshape(-1, p.shape[2]))
+    specific = []
+    for p_my in (p_ay, p_by):                                                 # I(Y=y; M) for every y
+        p_m = p_my.sum(1, keepdim=True)
+        ratio = torch.where(p_my > 0, p_my / (p_m * p_y), torch.ones_like(p_my))
+        specific.append((p_my * torch.log2(ratio)).sum(0) / p_y.clamp_min(1e-300))
+    R = (p_y * torch.minimum(*specific)).sum()
+    out = {"redundancy": R, "unique_a": i_a - R, "unique_b": i_b - R, "synergy": i_ab - i_a - i_b + R, "total": i_ab}
+    return {k: float(v) for k, v in out.items()}

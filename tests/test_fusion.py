@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -387,3 +389,147 @@ def test_agreement_pairs_coupling_is_exact():
 def test_agreement_pairs_bad_input(attr, n, match):
     with pytest.raises(ValueError, match=match):
         fu.agreement_pairs(attr, n)
+
+
+# ---- bilinear pooling, OGM, PID (notebook 04_fusion_competition) -----------------------------------
+
+def _hashes(gen, d, D):
+    return torch.randint(D, (d,), generator=gen), 2.0 * torch.randint(2, (d,), generator=gen) - 1
+
+
+@given(st.integers(1, 7), st.integers(1, 7), st.integers(1, 40), st.integers(0, 10_000))
+def test_count_sketch_equals_its_dense_matrix(d, batch, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, d, generator=g, dtype=F64)
+    h, s = _hashes(g, d, D)
+    S = torch.zeros(D, d, dtype=F64)
+    S[h, torch.arange(d)] = s.double()                                       # S_ji = s(i) [h(i) = j]
+    torch.testing.assert_close(fu.count_sketch(x, h, s, D), x @ S.T, rtol=0, atol=1e-12)
+
+
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 30), st.integers(0, 10_000))
+def test_sketch_of_outer_product_is_circular_convolution(d_a, d_b, D, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(3, d_a, generator=g, dtype=F64), torch.randn(3, d_b, generator=g, dtype=F64)
+    (h_a, s_a), (h_b, s_b) = _hashes(g, d_a, D), _hashes(g, d_b, D)
+    h = ((h_a[:, None] + h_b[None, :]) % D).flatten()
+    s = (s_a[:, None] * s_b[None, :]).flatten()
+    direct = fu.count_sketch((x[:, :, None] * y[:, None, :]).flatten(1), h, s, D)
+    pa, pb = fu.count_sketch(x, h_a, s_a, D), fu.count_sketch(y, h_b, s_b, D)
+    conv = torch.stack([sum(pa[:, i] * pb[:, (j - i) % D] for i in range(D)) for j in range(D)], 1)
+    torch.testing.assert_close(conv, direct, rtol=0, atol=1e-10)
+    mcb = fu.MCBFusion([d_a, d_b], sketch_dim=D).double()
+    with torch.no_grad():
+        mcb.h_a.copy_(h_a), mcb.s_a.copy_(s_a), mcb.h_b.copy_(h_b), mcb.s_b.copy_(s_b)
+    torch.testing.assert_close(mcb(x, y), direct, rtol=0, atol=1e-10)
+
+
+def test_mcb_shapes_parameters_and_projection(device):
+    mcb = fu.MCBFusion([5, 7], sketch_dim=64).to(device)
+    assert sum(p.numel() for p in mcb.parameters()) == 0 and mcb.out_dim == 64
+    x = _inputs([5, 7], 4, device)
+    assert mcb(*x).shape == (4, 64)
+    proj = fu.MCBFusion([5, 7], 3, sketch_dim=16).to(device)
+    assert proj(*x).shape == (4, 3) and proj.out_dim == 3
+
+
+def test_mutan_equals_its_tucker_core_and_has_mlb_as_special_case(device):
+    torch.manual_seed(0)
+    m = fu.MutanFusion([5, 6], 3, proj_dims=(4, 7), core_dim=8, rank=2).to(device, F64)
+    x_a, x_b = _inputs([5, 6], 9, device, F64)
+    t_a, t_b = torch.tanh(m.proj[0](x_a)), torch.tanh(m.proj[1](x_b))
+    T = m.core.full_weight().view(8, 5, 8)                                  # (t_o, t_a + 1, t_b + 1)
+    one = torch.ones(9, 1, device=device, dtype=F64)
+    z = torch.einsum("bi,kij,bj->bk", torch.cat([t_a, one], 1), T, torch.cat([t_b, one], 1)) + m.core.bias
+    torch.testing.assert_close(m(x_a, x_b), m.out(z))
+    # MLB: rank 1, identity-like factors without the appended-1 rows -> tanh(W_a x_a) * tanh(W_b x_b)
+    mlb = fu.MutanFusion([5, 6], proj_dims=(8, 8), core_dim=8, rank=1).to(device, F64)
+    with torch.no_grad():
+        for f in mlb.core.factors:
+            f.zero_()
+            f[0, :8, :] = torch.eye(8, dtype=F64)
+    expected = torch.tanh(mlb.proj[0](x_a)) * torch.tanh(mlb.proj[1](x_b))
+    torch.testing.assert_close(mlb(x_a, x_b), expected)
+
+
+def test_mlb_is_a_rank_constrained_bilinear_form(device):
+    torch.manual_seed(1)
+    r, out = 4, 3
+    prod = fu.ProductFusion([5, 6], r).to(device, F64)
+    head = nn.Linear(r, out, bias=False).to(device, F64)
+    with torch.no_grad():
+        prod.proj[0].bias.zero_(), prod.proj[1].bias.zero_()
+    U, V, P = prod.proj[0].weight, prod.proj[1].weight, head.weight           # (r, d_a), (r, d_b), (out, r)
+    W = torch.einsum("ki,ia,ib->kab", P, U, V)                                # sum of r rank-1 terms per output
+    bil = fu.BilinearFusion([5, 6], out).to(device, F64)
+    with torch.no_grad():
+        bil.weight.copy_(W), bil.bias.zero_()
+    x_a, x_b = _inputs([5, 6], 7, device, F64)
+    torch.testing.assert_close(head(prod(x_a, x_b)), bil(x_a, x_b))
+    assert all(torch.linalg.matrix_rank(W[k]) <= r for k in range(out))
+
+
+@pytest.mark.parametrize("s_a, s_b, alpha, expected", [
+    (3.0, 1.0, 0.5, (1 - math.tanh(1.0), 1.0)),
+    (1.0, 4.0, 1.0, (1.0, 1 - math.tanh(3.0))),
+    (2.0, 2.0, 5.0, (1.0, 1.0)),
+    (5.0, 1.0, 0.0, (1.0, 1.0)),
+])
+def test_ogm_ge_coefficients(s_a, s_b, alpha, expected):
+    got = fu.ogm_ge_coefficients(s_a, s_b, alpha)
+    assert got == pytest.approx(expected, abs=1e-12)
+    paper = fu.ogm_ge_coefficients(3.0, 1.0, 0.5, shifted=False)
+    assert paper == pytest.approx((1 - math.tanh(1.5), 1.0), abs=1e-12)
+
+
+def _gate_table(f, n_y: int) -> torch.Tensor:
+    p = torch.zeros(2, 2, n_y, dtype=F64)
+    for a in (0, 1):
+        for b in (0, 1):
+            p[a, b, f(a, b)] += 0.25
+    return p
+
+
+@pytest.mark.parametrize("f, n_y, expected", [
+    (lambda a, b: a, 2, dict(redundancy=0, unique_a=1, unique_b=0, synergy=0)),
+    (lambda a, b: b, 2, dict(redundancy=0, unique_a=0, unique_b=1, synergy=0)),
+    (lambda a, b: a ^ b, 2, dict(redundancy=0, unique_a=0, unique_b=0, synergy=1)),
+    (lambda a, b: a & b, 2, dict(redundancy=0.75 * (2 - math.log2(3)),
+                                 unique_a=0, unique_b=0, synergy=0.5)),
+])
+def test_partial_information_of_logic_gates(f, n_y, expected):
+    got = fu.partial_information(_gate_table(f, n_y))
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v, abs=1e-9), k
+    assert got["redundancy"] + got["unique_a"] + got["unique_b"] + got["synergy"] == pytest.approx(got["total"])
+
+
+def test_partial_information_copy_and_random_tables():
+    copy = torch.zeros(2, 2, 2, dtype=F64)
+    copy[0, 0, 0] = copy[1, 1, 1] = 0.5
+    got = fu.partial_information(copy)
+    assert got["redundancy"] == pytest.approx(1) and got["synergy"] == pytest.approx(0, abs=1e-12)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        p = torch.rand(3, 4, 2, generator=g, dtype=F64)
+        got = fu.partial_information(p / p.sum())
+        assert min(got.values()) >= -1e-12                                    # I_min: all atoms non-negative
+        assert sum(got[k] for k in ("redundancy", "unique_a", "unique_b", "synergy")) == pytest.approx(got["total"])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: fu.count_sketch(torch.randn(2, 3), torch.tensor([0, 1]), torch.ones(3), 4), "h must be"),
+    (lambda: fu.count_sketch(torch.randn(2, 3), torch.tensor([0, 1, 4]), torch.ones(3), 4), r"values in \[0, 4\)"),
+    (lambda: fu.count_sketch(torch.randn(2, 3), torch.tensor([0, 1, 2]), torch.full((3,), 0.5), 4), "signs"),
+    (lambda: fu.count_sketch(torch.randn(2, 3), torch.tensor([0, 1, 2]), torch.ones(3), 0), "sketch_dim"),
+    (lambda: fu.MCBFusion([3, 4], sketch_dim=0), "sketch_dim"),
+    (lambda: fu.MCBFusion([3, 4, 5]), "exactly 2"),
+    (lambda: fu.MutanFusion([3, 4], proj_dims=(4,)), "proj_dims"),
+    (lambda: fu.ogm_ge_coefficients(0.0, 1.0, 1.0), "positive"),
+    (lambda: fu.ogm_ge_coefficients(1.0, 1.0, -1.0), "alpha"),
+    (lambda: fu.partial_information(torch.ones(2, 2)), r"\(\|A\|, \|B\|, \|Y\|\)"),
+    (lambda: fu.partial_information(torch.ones(2, 2, 2)), "summing to 1"),
+])
+def test_competition_helpers_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

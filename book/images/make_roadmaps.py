@@ -107,9 +107,10 @@ def main():
         "op": ("nb", "Fusion operators", ["additive vs", "multiplicative", "parameter counts"]),
         "xor": ("nb", "Multimodal XOR", ["additive fusion", "is at chance", "(two proofs)"]),
         "sw": ("nb", "ShapesWorld", ["redundant, complementary,", "synergistic; EMAP;", "missing modalities"]),
+        "comp": ("nb", "Competition", ["end to end vs frozen,", "OGM-GE; MCB, MLB,", "MUTAN; PID"]),
         "src": ("nb", "Source models", ["articles 000, 001, 004", "rebuilt, run, trained"]),
         "out": ("out", "Chapters 5–8", ["fusion model to optimise;", "cross-attention next"]),
-    }), [("in", "op"), ("op", "xor"), ("xor", "sw"), ("sw", "src"), ("src", "out")])
+    }, cols=4), chain(["in", "op", "xor", "sw", "comp", "src", "out"]), width=12.5, height=4.4)
     roadmap("ch05", "Chapter 5 — how every model in the book learns", snake({
         "in": ("in", "Chapters 3–4", ["models with", "parameters w"]),
         "gd": ("nb", "Gradient descent", ["descent lemma", "step size < 2/L", "conditioning"]),

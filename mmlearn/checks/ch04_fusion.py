@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmlearn.checks import CheckFailed, expect_close, expect_equal, expect_number, fresh_generator, register
+from mmlearn.checks import (
+    CheckFailed,
+    call_student,
+    expect_close,
+    expect_equal,
+    expect_number,
+    fresh_generator,
+    register,
+)
 
 
 def _randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
@@ -207,3 +215,70 @@ def _check_additive_fit(additive_fit) -> None:
             raise CheckFailed(f"case {case}: expected an ({n}, {n}) tensor, got "
                               f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
         expect_close(got, expected, what=f"case {case}: the additive fit of a random {n}×{n} score matrix", atol=1e-10)
+
+
+# ---- 04_fusion_competition -------------------------------------------------------------------------
+
+@register("ex-ch04-sketch-outer",
+          hint="Sketch x_a and x_b separately (index_add_ of s * x at positions h), multiply their rfft's, then irfft "
+               "with n=D.")
+def _check_sketch_outer(sketch_outer) -> None:
+    from mmlearn.fusion import count_sketch
+
+    gen = fresh_generator()
+    for case in range(4):
+        B, d_a, d_b = _sizes(gen, 3, 1, 7)
+        D = int(torch.randint(2, 24, (1,), generator=gen))
+        x_a, x_b = _randn(gen, B, d_a), _randn(gen, B, d_b)
+        h_a, h_b = torch.randint(D, (d_a,), generator=gen), torch.randint(D, (d_b,), generator=gen)
+        s_a = 2.0 * torch.randint(2, (d_a,), generator=gen, dtype=torch.float64) - 1
+        s_b = 2.0 * torch.randint(2, (d_b,), generator=gen, dtype=torch.float64) - 1
+        h = ((h_a[:, None] + h_b[None, :]) % D).flatten()
+        s = (s_a[:, None] * s_b[None, :]).flatten()
+        expected = count_sketch((x_a[:, :, None] * x_b[:, None, :]).flatten(1), h, s, D)
+        what = f"case {case}: x_a {tuple(x_a.shape)}, x_b {tuple(x_b.shape)}, D={D}"
+        got = call_student(sketch_outer, x_a, x_b, h_a, s_a, h_b, s_b, D, what=what)
+        expect_close(got, expected, what=what, atol=1e-9)
+
+
+@register("ex-ch04-ogm-coefficients",
+          hint="c_m = sum over the batch of softmax(logits_m)[n, y_n]; rho = c_a / c_b; only the modality with the "
+               "larger confidence gets 1 - tanh(alpha * (ratio - 1)).")
+def _check_ogm_coefficients(ogm_coefficients) -> None:
+    from mmlearn.fusion import ogm_ge_coefficients
+
+    gen = fresh_generator()
+    for case in range(5):
+        B, C = _sizes(gen, 2, 2, 9)
+        logits_a, logits_b = 2 * _randn(gen, B, C), _randn(gen, B, C)
+        if case % 2:
+            logits_a, logits_b = logits_b, logits_a
+        y = torch.randint(C, (B,), generator=gen)
+        alpha = float(torch.rand(1, generator=gen)) * 3
+        c = [z.softmax(-1).gather(1, y[:, None]).sum() for z in (logits_a, logits_b)]
+        expected = ogm_ge_coefficients(c[0], c[1], alpha)
+        what = f"case {case}: logits {B}×{C}, alpha={alpha:.3f}"
+        got = call_student(ogm_coefficients, logits_a, logits_b, y, alpha, what=what)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise CheckFailed(f"{what}: expected a pair (k_a, k_b), got {type(got).__name__}")
+        for name, g, e in zip(("k_a", "k_b"), got, expected):
+            expect_close(g, e, what=f"{what}, {name}", atol=1e-6)
+
+
+@register("ex-ch04-pid-and",
+          hint="I(Y; A, B) = h(1/4); I(Y; A) = I(Y; B) = h(1/4) - 1/2; by symmetry R = I(Y; A).")
+def _check_pid_and(answer) -> None:
+    expect_number(answer, 0.5, what="synergy of AND under I_min, in bits", tol=0.005)
+
+
+@register("ex-ch04-ogm-alpha", hint="1 - tanh(alpha * (rho - 1)) when rho > 1; otherwise 1.")
+def _check_audio_coefficient(audio_coefficient) -> None:
+    import math
+
+    gen = fresh_generator()
+    for case in range(6):
+        rho = float(torch.rand(1, generator=gen)) * 4 + 0.1
+        alpha = float(torch.rand(1, generator=gen)) * 5
+        expected = 1 - math.tanh(alpha * (rho - 1)) if rho > 1 else 1.0
+        what = f"case {case}: rho={rho:.3f}, alpha={alpha:.3f}"
+        expect_close(call_student(audio_coefficient, rho, alpha, what=what), expected, what=what, atol=1e-9)

@@ -6,7 +6,8 @@ A generated image is judged by two models that never saw a generated image:
   attributes: the number of objects and, per object slot (left to right), its shape, colour and size,
   and the relation of each object to its right neighbour. :meth:`SceneJudge.recognition` compares
   what it reads with what a caption requested. Its accuracy on fresh *real* scenes,
-  ``judge.real_accuracy``, is the ceiling of every rate it reports on generated ones.
+  ``judge.real_accuracy``, is what a perfect generator (samples distributed like real scenes) would
+  score, up to sampling noise: the reference for every rate it reports on generated ones.
 * :class:`ClipScorer` — the book's CLIP (chapter 7) trained on real image–caption pairs;
   :func:`clip_score` is CLIPScore (Hessel et al., 2021): ``2.5 · max(cos(E_I(x), E_T(c)), 0)``.
 
@@ -191,7 +192,7 @@ def train_judge(*, image_size: int = 32, max_objects: int = 2, n: int = 3000, st
                 progress: bool = True) -> SceneJudge:
     """Train a :class:`SceneJudge`'s object classifier on the objects of ``n`` real scenes of all 12 pairs.
 
-    Sets ``judge.real_accuracy``: :meth:`SceneJudge.recognition` on 1000 fresh real scenes (the ceiling).
+    Sets ``judge.real_accuracy``: :meth:`SceneJudge.recognition` on 1000 fresh real scenes (the reference level).
     """
     device = device or get_device()
     seed_everything(seed)
