@@ -240,3 +240,191 @@ def _check_linear_probe(fit_linear_probe) -> None:
     if acc < 0.9:
         raise CheckFailed(f"on four well-separated Gaussian classes the probe reaches only {acc:.2f} on held-out "
                           "points (expected > 0.9): is it trained, on the cross-entropy, for enough steps?")
+
+
+# ---- 07_multimodal_transformers_vit: more exercises ----------------------------------------------
+
+@register("ex-ch07-permute-patches", hint="patchify -> (B, N, C·p·p); index the N axis with perm; fold back with "
+                                          "F.fold (or view/permute the (H/p, W/p, C, p, p) grid).")
+def _check_permute_patches(permute_patches) -> None:
+    import torch.nn.functional as F
+
+    gen = fresh_generator()
+    for case in range(4):
+        p, gh, gw, c, b = _randint(gen, 1, 4), _randint(gen, 1, 4), _randint(gen, 1, 4), _randint(gen, 1, 3), 2
+        x = torch.randn(b, c, gh * p, gw * p, generator=gen, dtype=F64)
+        perm = torch.randperm(gh * gw, generator=gen)
+        cols = F.unfold(x, p, stride=p)[:, :, perm]                                # (B, C·p·p, N), reordered
+        want = F.fold(cols, (gh * p, gw * p), p, stride=p)
+        got = call_student(permute_patches, x.clone(), p, perm.clone(), what=f"case {case}")
+        expect_close(got, want, what=f"case {case}: {b}x{c}x{gh * p}x{gw * p} images, {p}x{p} patches, "
+                                     f"perm {perm.tolist()}", atol=1e-12, rtol=0)
+
+
+@register("ex-ch07-object-patches", hint="Pixel mask: max over the colour channels > threshold; a patch overlaps an "
+                                         "object if any of its pixels does (a p x p max-pool with stride p).")
+def _check_object_patches(object_patches) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        p, g, b = _randint(gen, 1, 4), _randint(gen, 1, 4), _randint(gen, 1, 3)
+        x = (torch.rand(b, 3, g * p, g * p, generator=gen) < 0.05).float() * torch.rand(b, 3, g * p, g * p,
+                                                                                          generator=gen)
+        pix = x.amax(1) > 0.05                                                      # (B, H, W)
+        want = pix.view(b, g, p, g, p).any(4).any(2).flatten(1)                     # (B, g*g), row by row
+        got = call_student(object_patches, x.clone(), p, what=f"case {case}")
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            raise CheckFailed(f"case {case}: expected a (B, N) = {tuple(want.shape)} tensor, got "
+                              f"{tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__}")
+        wrong = (got.bool() != want).nonzero()
+        if len(wrong):
+            i, n = wrong[0].tolist()
+            raise CheckFailed(f"case {case} ({p}x{p} patches on a {g}x{g} grid): image {i}, patch {n} should be "
+                              f"{bool(want[i, n])}, got {bool(got[i, n])} ({len(wrong)} patches wrong)")
+
+
+# ---- 07_multimodal_transformers_vit_analysis ------------------------------------------------------
+
+@register("ex-ch07-flops-growth", hint="Tokens T = (224/p)² + 1 for p = 16 and p = 8; the two attention products "
+                                       "cost 4 T² d each layer, so the ratio is (T_8 / T_16)².")
+def _check_flops_growth(answer) -> None:
+    expect_number(answer, (28 ** 2 + 1) ** 2 / (14 ** 2 + 1) ** 2,
+                  what="attention FLOPs at p = 8 divided by those at p = 16 (224 x 224, with [CLS])", tol=0.01)
+
+
+@register("ex-ch07-sincos-dot", hint="Each half contributes Σ_i [sin(aω_i) sin(bω_i) + cos(aω_i) cos(bω_i)] = "
+                                     "Σ_i cos((a - b) ω_i), ω_i = base^(-4i/dim), i < dim/4.")
+def _check_sincos_dot(sincos_dot) -> None:
+    from mmlearn.models import sincos_positions_2d
+
+    gen = fresh_generator()
+    for case in range(5):
+        h, w, dim = _randint(gen, 1, 6), _randint(gen, 1, 6), 4 * _randint(gen, 1, 6)
+        P = sincos_positions_2d(h, w, dim, dtype=F64)
+        n, m = _randint(gen, 0, h * w - 1), _randint(gen, 0, h * w - 1)
+        dr, dc = n // w - m // w, n % w - m % w
+        got = call_student(sincos_dot, dr, dc, dim, what=f"case {case}")
+        expect_close(got, float(P[n] @ P[m]), what=f"case {case}: offset (Δr, Δc) = ({dr}, {dc}), dim {dim}",
+                     atol=1e-9, rtol=1e-9)
+
+
+@register("ex-ch07-vit-flops", hint="T = (image_size/patch_size)² + 1. Attention: Q K^T and A V, 2 T² d each. "
+                                    "Linear: Q, K, V, output projections 4 · 2 T d²; MLP 2 · 2 T d (r d).")
+def _check_vit_flops(vit_flops) -> None:
+    gen = fresh_generator()
+    for case in range(5):
+        p = _randint(gen, 1, 8)
+        size, dim, ratio = p * _randint(gen, 1, 8), 4 * _randint(gen, 1, 32), float(_randint(gen, 1, 4))
+        T = (size // p) ** 2 + 1
+        want = {"attention": 4 * T * T * dim, "linear": 8 * T * dim ** 2 + 4 * ratio * T * dim ** 2}
+        got = call_student(vit_flops, size, p, dim, ratio, what=f"case {case}")
+        if not isinstance(got, dict) or set(got) != set(want):
+            raise CheckFailed(f"case {case}: expected a dict with keys {sorted(want)}, got {got!r}")
+        for key, value in want.items():
+            expect_close(got[key], value, what=f"case {case} (image {size}, patch {p}, dim {dim}, mlp_ratio "
+                                              f"{ratio:g}): {key} FLOPs of one layer", atol=0.5, rtol=1e-9)
+
+
+# ---- 07_multimodal_transformers_decoding -------------------------------------------------------
+
+@register("ex-ch07-lp-tie", hint="The long caption wins when -2.6 / lp(10) > -2.0 / lp(5), i.e. when "
+                                 "(15/10)^alpha > 2.6/2.0; solve for alpha with logarithms.")
+def _check_lp_tie(answer) -> None:
+    expect_number(answer, math.log(2.6 / 2.0) / math.log(15 / 10), what="the smallest alpha at which the "
+                  "nine-word caption wins", tol=1e-3)
+
+
+@register("ex-ch07-nucleus-size", hint="Add the probabilities in decreasing order and stop at the first "
+                                       "partial sum that reaches p.")
+def _check_nucleus_size(answer) -> None:
+    expect_number(answer, 3, what="the number of words in the nucleus for p = 0.8", tol=0)
+
+
+@register("ex-ch07-mix-inputs", hint="Draw one uniform number per position; keep the gold token where it is below "
+                                     "eps and always at position 0 (<bos>); torch.where picks the rest.")
+def _check_mix_inputs(mix_inputs) -> None:
+    from mmlearn.checks import expect_value_error
+
+    gen = fresh_generator()
+    B, T = _randint(gen, 2, 6), _randint(gen, 3, 9)
+    gold = torch.randint(4, 20, (B, T), generator=gen)
+    gold[:, 0] = 2
+    pred = (gold + torch.randint(1, 5, (B, T), generator=gen)) % 20     # differs from gold everywhere
+    for eps, want in ((1.0, gold), (0.0, torch.cat([gold[:, :1], pred[:, 1:]], 1))):
+        got = call_student(mix_inputs, gold.clone(), pred.clone(), eps, None, what=f"eps = {eps}")
+        if not isinstance(got, torch.Tensor) or got.shape != gold.shape:
+            raise CheckFailed(f"eps = {eps}: expected a tensor of shape {tuple(gold.shape)}, got {got!r:.60}")
+        if not torch.equal(got, want):
+            raise CheckFailed(f"eps = {eps}: expected {'the gold tokens' if eps else '<bos>, then the predictions'} "
+                              f"everywhere; {int((got != want).sum())} of {got.numel()} positions differ")
+    big_gold = torch.randint(4, 20, (200, 50), generator=gen)
+    big_pred = (big_gold + 1) % 20
+    got = call_student(mix_inputs, big_gold, big_pred, 0.3, torch.Generator().manual_seed(1), what="eps = 0.3")
+    share = (got[:, 1:] == big_gold[:, 1:]).double().mean().item()
+    se = math.sqrt(0.3 * 0.7 / (200 * 49))
+    if abs(share - 0.3) > 5 * se:
+        raise CheckFailed(f"eps = 0.3: {share:.3f} of the positions after <bos> kept the gold token; expected "
+                          f"0.3 within 5 standard errors ({5 * se:.3f})")
+    if not bool((got[:, 0] == big_gold[:, 0]).all()):
+        raise CheckFailed("position 0 (<bos>) must always be the gold token")
+    expect_value_error(mix_inputs, gold, pred, 1.5, None, what="mix_inputs(..., eps=1.5)")
+
+
+@register("ex-ch07-objects-named", hint="Count the words of the caption that are shape names "
+                                        "(circle, square, triangle).")
+def _check_objects_named(objects_named) -> None:
+    from mmlearn.data import make_shapes
+
+    gen = fresh_generator()
+    batch = make_shapes(20, max_objects=3, seed=int(torch.randint(0, 10_000, (1,), generator=gen)))
+    for case, (caption, n) in enumerate(zip(batch.captions, batch.labels["n_objects"].tolist())):
+        got = call_student(objects_named, caption, what=f"case {case}")
+        expect_number(got, n, what=f"case {case}: objects named in {caption!r}", tol=0)
+    expect_number(call_student(objects_named, "", what="the empty caption"), 0, what="the empty caption", tol=0)
+
+
+# ---- 07_multimodal_transformers_llava ------------------------------------------------------------
+
+@register("ex-ch07-llava-answer-mask", hint="t = torch.arange(T); compare it with prompt_lengths[:, None] and "
+                                            "lengths[:, None] by broadcasting.")
+def _check_llava_answer_mask(answer_mask) -> None:
+    gen = fresh_generator()
+    for case in range(4):
+        B, T = int(torch.randint(1, 6, (1,), generator=gen)), int(torch.randint(1, 12, (1,), generator=gen))
+        lengths = torch.randint(0, T + 1, (B,), generator=gen)
+        prompt = (torch.rand(B, generator=gen) * (lengths + 1)).long().clamp(max=lengths)
+        want = torch.tensor([[int(p) <= t < int(n) for t in range(T)] for p, n in zip(prompt, lengths)]).view(B, T)
+        got = call_student(answer_mask, prompt, lengths, T, what=f"case {case}")
+        if not isinstance(got, torch.Tensor) or got.dtype != torch.bool or got.shape != (B, T):
+            raise CheckFailed(f"case {case}: expected a bool tensor of shape {(B, T)}, got "
+                              f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}")
+        if not torch.equal(got, want):
+            row = int((got != want).any(1).nonzero()[0])
+            raise CheckFailed(f"case {case}: row {row} (prompt_length {int(prompt[row])}, length {int(lengths[row])}, "
+                              f"T = {T}): expected {want[row].int().tolist()}, got {got[row].int().tolist()}")
+
+
+@register("ex-ch07-llava-mask-weight", hint="Without the mask every predicted token has weight 1/(Q + A); "
+                                            "the answer has A of them.")
+def _check_llava_mask_weight(answer) -> None:
+    expect_number(answer, 2 / 12, what="share of the unmasked loss from the answer tokens (Q = 10, A = 2)", tol=1e-3)
+
+
+@register("ex-ch07-llava-projector-params", hint="Two nn.Linear layers: (d_v -> d) and (d -> d), each with a bias.")
+def _check_llava_projector_params(projector_params) -> None:
+    for d_v, d in ((64, 64), (1024, 4096), (3, 5), (7, 2)):
+        want = sum(p.numel() for p in torch.nn.Sequential(torch.nn.Linear(d_v, d), torch.nn.Linear(d, d)).parameters())
+        got = call_student(projector_params, d_v, d, what=f"projector_params({d_v}, {d})")
+        expect_number(got, want, what=f"projector_params({d_v}, {d})", tol=0.5)
+
+
+@register("ex-ch07-llava-num-tokens", hint="tokens.transpose(1, 2).reshape(B, d, g, g), F.avg_pool2d with kernel "
+                                           "g // k, then flatten(2).transpose(1, 2).")
+def _check_llava_pool_tokens(pool_tokens) -> None:
+    gen = fresh_generator()
+    for case, (B, g, d, k) in enumerate(((2, 4, 3, 2), (1, 4, 5, 1), (3, 6, 2, 3), (2, 4, 4, 4))):
+        x = torch.randn(B, g * g, d, generator=gen)
+        grid = x.view(B, g, g, d)                                                 # row-major cells
+        s = g // k
+        want = grid.view(B, k, s, k, s, d).mean((2, 4)).reshape(B, k * k, d)
+        got = call_student(pool_tokens, x, k, what=f"case {case}: pool_tokens of {(B, g * g, d)} to k = {k}")
+        expect_close(got, want, what=f"case {case}: {g}x{g} grid of {d}-dim tokens pooled to {k}x{k}")
