@@ -132,11 +132,17 @@ def main():
     roadmap("ch07", "Chapter 7 — multimodal models built from Transformers", snake({
         "in": ("in", "Chapters 3–6", ["encoders, losses,", "Transformer blocks"]),
         "vit": ("nb", "ViT", ["patches as tokens", "vs the CNN on", "small data"]),
+        "vita": ("nb", "ViT analysis", ["2-D positions", "patch size:", "cost vs accuracy"]),
         "clip": ("nb", "CLIP", ["contrastive loss", "zero-shot, retrieval", "unseen combinations"]),
+        "sig": ("nb", "SigLIP", ["pairwise sigmoid loss", "false negatives", "batch size"]),
         "cap": ("nb", "Captioning", ["decoder that", "reads the image", "beam search, BLEU"]),
+        "dec": ("nb", "Decoding", ["length penalty, top-p", "exposure bias", "KV cache, CLIPScore"]),
         "vlm": ("nb", "Vision–language", ["Flamingo, Q-Former,", "LLaVA connectors", "a tiny LLaVA"]),
+        "llava": ("nb", "LLaVA, two stages", ["frozen text-trained LM", "alignment, then", "instruction tuning"]),
+        "res": ("nb", "Resamplers", ["Perceiver, Q-Former", "token count", "hallucination (POPE)"]),
         "out": ("out", "Chapter 8", ["applications", "measured"]),
-    }), [("in", "vit"), ("vit", "clip"), ("clip", "cap"), ("cap", "vlm"), ("vlm", "out")])
+    }, cols=4), chain(["in", "vit", "vita", "clip", "sig", "cap", "dec", "vlm", "llava", "res", "out"]),
+        width=12.5, height=6.2)
     roadmap("ch08", "Chapter 8 — practice: every claim with its number", snake({
         "in": ("in", "Chapters 1–7", ["data, encoders, fusion,", "training, models"]),
         "proj": ("nb", "A complete project", ["splits, sanity checks", "checkpoints, early stop", "errors, ablation"]),
