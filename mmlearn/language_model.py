@@ -221,7 +221,7 @@ class CausalLM(nn.Module):
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (B, 1)
 
     def num_parameters(self) -> int:
-        """Trainable parameters (the tied head counted once)."""
+        """All parameters, frozen ones included (the tied head counted once)."""
         return sum(p.numel() for p in self.parameters())
 
     def config_dict(self) -> dict:

@@ -428,3 +428,19 @@ def _check_llava_pool_tokens(pool_tokens) -> None:
         want = grid.view(B, k, s, k, s, d).mean((2, 4)).reshape(B, k * k, d)
         got = call_student(pool_tokens, x, k, what=f"case {case}: pool_tokens of {(B, g * g, d)} to k = {k}")
         expect_close(got, want, what=f"case {case}: {g}x{g} grid of {d}-dim tokens pooled to {k}x{k}")
+
+
+@register("ex-ch07-siglip-bias-shift", hint="For each noise level build y = x + eps * noise, scan the bias on a fine "
+                                             "grid with siglip_loss at e^s = 10, and keep the bias of the lowest loss.")
+def _check_siglip_bias_shift(best_biases) -> None:
+    try:
+        values = [float(b) for b in best_biases]
+    except (TypeError, ValueError):
+        raise CheckFailed(f"best_biases must be a list of three numbers, got {best_biases!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise CheckFailed(f"expected three finite best biases (noise 4, 1, 0.25), got {values}")
+    if any(v > -math.log(255) + 0.5 for v in values):
+        raise CheckFailed(f"every best bias should lie below -log(N - 1) = {-math.log(255):.2f} for N = 256, "
+                          f"got {values}")
+    if not values[0] > values[1] > values[2]:
+        raise CheckFailed(f"the best bias should move down as the noise shrinks (4 -> 1 -> 0.25), got {values}")
