@@ -137,6 +137,13 @@ def _check_llava_tokens(answer) -> None:
     expect_number(answer, (336 // 14) ** 2, what="image tokens LLaVA-1.5 adds to the prompt", tol=0.5)
 
 
+@register("ex-ch07-flamingo-cost", hint="LLaVA: one self-attention over S + T tokens, (S + T)^2 scores. "
+                                       "Flamingo: text self-attention (T^2) plus cross-attention to the image (T S).")
+def _check_flamingo_cost(answer) -> None:
+    expect_number(answer, (576 + 100) ** 2 / (100 ** 2 + 100 * 576), what="ratio of attention scores, LLaVA / Flamingo",
+                  tol=0.01)
+
+
 # ---- 07_multimodal_transformers_siglip ---------------------------------------------------------
 
 @register("ex-ch07-siglip-loss", hint="Normalise the rows, logits = exp(logit_scale) * x @ y.T + logit_bias, labels "
