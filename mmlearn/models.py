@@ -406,6 +406,22 @@ class Captioner(nn.Module):
         return seqs[best]
 
 
+def _masked_next_token_loss(model: nn.Module, images: torch.Tensor, ids: torch.Tensor,
+                            target_mask: torch.Tensor) -> torch.Tensor:
+    """-mean log p(ids[t] | image, ids[<t]) over the positions t >= 1 where ``target_mask`` is True.
+
+    ``model(images, ids[:, :-1])`` gives the (B, T-1, V) logits of the text positions; shared by the
+    vision-language models, whose loss covers the answer tokens only.
+    """
+    target_mask = require_tensor(target_mask, "target_mask")
+    if target_mask.dtype != torch.bool or target_mask.shape != ids.shape or not target_mask[:, 1:].any():
+        raise ValueError(f"target_mask must be bool of shape {tuple(ids.shape)} with a True after position 0, "
+                         f"got {target_mask.dtype} {tuple(target_mask.shape)}")
+    logits = model(images, ids[:, :-1])                                      # (B, T-1, V)
+    target = ids[:, 1:].masked_fill(~target_mask[:, 1:], -100)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+
+
 # ---- Flamingo's gated cross-attention -----------------------------------------------------------
 
 class GatedCrossAttention(nn.Module):
@@ -507,14 +523,7 @@ class TinyVLM(nn.Module):
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
         """-mean log p(ids[t] | image, ids[<t]) over the positions t where ``target_mask`` is True (the answer)."""
-        ids = _require_ids(ids, self.vocab_size, self.max_len + 1)
-        target_mask = require_tensor(target_mask, "target_mask")
-        if target_mask.dtype != torch.bool or target_mask.shape != ids.shape or not target_mask[:, 1:].any():
-            raise ValueError(f"target_mask must be bool of shape {tuple(ids.shape)} with a True after position 0, "
-                             f"got {target_mask.dtype} {tuple(target_mask.shape)}")
-        logits = self(images, ids[:, :-1])                                   # (B, T-1, V)
-        target = ids[:, 1:].masked_fill(~target_mask[:, 1:], -100)
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+        return _masked_next_token_loss(self, images, _require_ids(ids, self.vocab_size, self.max_len + 1), target_mask)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompt_ids: torch.Tensor, max_new_tokens: int = 2,
@@ -934,10 +943,4 @@ class FrozenLMVLM(nn.Module):
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
         """-mean over {t : target_mask[b, t]} of log p(ids[b, t] | image, ids[b, <t]) (t >= 1)."""
-        target_mask = require_tensor(target_mask, "target_mask")
-        if target_mask.dtype != torch.bool or target_mask.shape != ids.shape or not target_mask[:, 1:].any():
-            raise ValueError(f"target_mask must be bool of shape {tuple(ids.shape)} with a True after position 0, "
-                             f"got {target_mask.dtype} {tuple(target_mask.shape)}")
-        logits = self(images, ids[:, :-1])                                   # (B, T-1, V)
-        target = ids[:, 1:].masked_fill(~target_mask[:, 1:], -100)
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+        return _masked_next_token_loss(self, images, ids, target_mask)
