@@ -235,7 +235,7 @@ def _check_resampler_cost(answer) -> None:
                                         "for `steps` full-batch steps; return the layer.")
 def _check_linear_probe(fit_linear_probe) -> None:
     gen = fresh_generator()
-    centres = 3 * torch.randn(4, 6, generator=gen)
+    centres = 4 * torch.eye(4, 6)[torch.randperm(4, generator=gen)]            # well separated by construction
     y = torch.randint(0, 4, (400,), generator=gen)
     x = centres[y] + torch.randn(400, 6, generator=gen)
     torch.manual_seed(0)
